@@ -1,0 +1,343 @@
+"""Datasets from disk, into tf.data pipelines, through the one VGG preprocessing.
+
+Two layouts are read: Food-101 (images/<class>/<id>.jpg with meta/classes.txt, labels.txt,
+train.txt, test.txt) and class folders (root/<class>/*, with train/ and validation/ (or val/,
+test/) above the classes when the user split them, else a stratified split with a fixed seed).
+
+What a pixel means is decided here once: RGB, 0..255 floats, slim's ImageNet means subtracted,
+no division by a standard deviation; training, validation and inference all come through
+`preprocess_for_train` / `preprocess_for_eval`.
+"""
+import collections
+import hashlib
+import json
+import logging
+import os
+import random
+import zlib
+
+import tensorflow.compat.v1 as tf
+
+log = logging.getLogger(__name__)
+
+# slim vgg_preprocessing: the means the ImageNet checkpoint was trained with, RGB order.
+R_MEAN, G_MEAN, B_MEAN = 123.68, 116.78, 103.94
+MEANS = (R_MEAN, G_MEAN, B_MEAN)
+# Short-side resize range at 224 px input, scaled by image_size / 224 for other sizes.
+RESIZE_SIDE_MIN = 256
+RESIZE_SIDE_MAX = 512
+REFERENCE_SIZE = 224
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+VALIDATION_DIRS = ('validation', 'val', 'test')
+
+Split = collections.namedtuple('Split', 'paths labels')
+Dataset = collections.namedtuple('Dataset', 'root layout class_ids class_names train validation')
+
+
+class DatasetError(ValueError):
+    """A dataset root that cannot be read as any known layout."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a dataset root: pure Python, no session.
+
+def load_dataset(root, val_fraction=0.2, seed=0):
+    """Detect the layout under `root` and read it into a Dataset of train and validation Splits.
+
+    Files that are listed but missing are left out and reported once, with a count.
+    """
+    if not os.path.isdir(root):
+        raise DatasetError('dataset %s not found: expected a directory' % root)
+    if os.path.isfile(os.path.join(root, 'meta', 'classes.txt')):
+        dataset = read_food101(root)
+    else:
+        dataset = read_class_folders(root, val_fraction, seed)
+    for name, split in (('train', dataset.train), ('validation', dataset.validation)):
+        if not split.paths:
+            raise DatasetError('dataset %s has no %s images' % (root, name))
+    return dataset
+
+
+def _read_lines(path):
+    with open(path, encoding='utf-8') as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def read_food101(root):
+    """Food-101: meta/classes.txt, labels.txt and train.txt/test.txt entries `<class>/<id>`."""
+    meta = os.path.join(root, 'meta')
+    class_ids = _read_lines(os.path.join(meta, 'classes.txt'))
+    labels_file = os.path.join(meta, 'labels.txt')
+    class_names = _read_lines(labels_file) if os.path.isfile(labels_file) else list(class_ids)
+    if len(class_names) != len(class_ids):
+        raise DatasetError('%s has %d lines, classes.txt has %d: they must match line for line'
+                           % (labels_file, len(class_names), len(class_ids)))
+    index = {c: i for i, c in enumerate(class_ids)}
+    images = os.path.realpath(os.path.join(root, 'images'))
+    splits = []
+    for list_name in ('train.txt', 'test.txt'):
+        list_file = os.path.join(meta, list_name)
+        if not os.path.isfile(list_file):
+            raise DatasetError('%s not found: a Food-101 layout needs meta/train.txt and '
+                               'meta/test.txt' % list_file)
+        paths, labels, missing = [], [], []
+        for entry in _read_lines(list_file):
+            class_id = entry.split('/', 1)[0]
+            path = os.path.realpath(os.path.join(images, entry + '.jpg'))
+            if class_id not in index:
+                raise DatasetError('%s: entry %s names class %s, which is not in classes.txt'
+                                   % (list_file, entry, class_id))
+            if not path.startswith(images + os.sep):
+                raise DatasetError('%s: entry %s points outside %s' % (list_file, entry, images))
+            if os.path.isfile(path):
+                paths.append(path)
+                labels.append(index[class_id])
+            else:
+                missing.append(path)
+        _report(missing, 'listed in %s but missing' % list_file)
+        splits.append(Split(paths, labels))
+    return Dataset(root, 'food-101', class_ids, class_names, splits[0], splits[1])
+
+
+def _image_files(directory):
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                  if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS)
+                  and os.path.isfile(os.path.join(directory, f)))
+
+
+def _class_dirs(directory):
+    return sorted(d for d in os.listdir(directory)
+                  if not d.startswith('.') and os.path.isdir(os.path.join(directory, d)))
+
+
+def _files_by_class(directory, class_ids):
+    return {c: _image_files(os.path.join(directory, c)) for c in class_ids
+            if os.path.isdir(os.path.join(directory, c))}
+
+
+def read_class_folders(root, val_fraction=0.2, seed=0):
+    """root/<class>/*, or root/train/<class>/* with root/validation (val, test) beside it."""
+    subdirs = _class_dirs(root)
+    val_dir = next((d for d in VALIDATION_DIRS if d in subdirs), None)
+    if 'train' in subdirs and val_dir:
+        train_root, val_root = os.path.join(root, 'train'), os.path.join(root, val_dir)
+        class_ids = _class_dirs(train_root)
+        unknown = sorted(set(_class_dirs(val_root)) - set(class_ids))
+        if unknown:
+            raise DatasetError('%s has classes that %s lacks: %s'
+                               % (val_root, train_root, ', '.join(unknown)))
+        train = _files_by_class(train_root, class_ids)
+        validation = _files_by_class(val_root, class_ids)
+        layout = 'class folders, train/%s' % val_dir
+    else:
+        class_ids = [c for c in subdirs if _image_files(os.path.join(root, c))]
+        train, validation = stratified_split(_files_by_class(root, class_ids), val_fraction, seed)
+        layout = 'class folders, split %.0f%% for validation (seed %d)' % (100 * val_fraction, seed)
+    if not class_ids:
+        raise DatasetError(
+            'no classes found in %s: found %s; expected meta/classes.txt (Food-101) or one folder '
+            'of images (%s) per class' % (root, ', '.join(os.listdir(root)[:5]) or 'nothing',
+                                          ' '.join(IMAGE_EXTENSIONS)))
+    index = {c: i for i, c in enumerate(class_ids)}
+
+    def split(files):
+        pairs = [(p, index[c]) for c in class_ids for p in files.get(c, [])]
+        return Split([p for p, _ in pairs], [label for _, label in pairs])
+    return Dataset(root, layout, class_ids, list(class_ids), split(train), split(validation))
+
+
+def stratified_split(files_by_class, val_fraction, seed=0):
+    """Split each class's files into ({class: train files}, {class: validation files}).
+
+    The same on every run: each class is shuffled with a seed of its own (from `seed` and its
+    name), not by the order the classes or files were listed in. Every class with 2+ files has
+    at least one file in each part.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError('--val-fraction must be between 0 and 1, got %s' % val_fraction)
+    train, validation = {}, {}
+    for class_id, files in files_by_class.items():
+        files = sorted(files)
+        random.Random(seed * 1000003 + zlib.crc32(class_id.encode())).shuffle(files)
+        n_val = min(max(int(round(len(files) * val_fraction)), 1), len(files) - 1)
+        if len(files) < 2:
+            log.warning('class %s has %d image(s): none left for validation', class_id, len(files))
+            n_val = 0
+        validation[class_id], train[class_id] = sorted(files[:n_val]), sorted(files[n_val:])
+    return train, validation
+
+
+def _report(paths, why):
+    if paths:
+        log.warning('skipping %d file(s) %s:\n  %s', len(paths), why, '\n  '.join(paths))
+
+
+# ---------------------------------------------------------------------------------------------
+# One preprocessing, in TF ops.
+
+def decode_image(contents):
+    """Encoded bytes (JPEG, PNG, GIF's first frame, BMP; whatever the file is named) -> RGB uint8.
+
+    Grayscale is repeated into three channels, alpha dropped, CMYK converted. JPEGs decode with
+    the accurate integer DCT, which gives the same pixels as Pillow (and so imageio).
+    """
+    def jpeg():
+        return tf.io.decode_jpeg(contents, channels=3, dct_method='INTEGER_ACCURATE')
+
+    def other():
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), b'\xff\xd8\xff')
+    image = tf.cond(is_jpeg, jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize_side_range(image_size):
+    """slim's short-side range [256, 512] at 224 px, scaled to `image_size`."""
+    scale = image_size / REFERENCE_SIZE
+    return int(round(RESIZE_SIDE_MIN * scale)), int(round(RESIZE_SIDE_MAX * scale))
+
+
+def preprocessing_settings(image_size):
+    """What the preprocessing does at `image_size`, for the settings saved with a checkpoint."""
+    side_min, side_max = resize_side_range(image_size)
+    return {'name': 'vgg', 'color': 'RGB 0..255', 'means': list(MEANS),
+            'train_resize_side': [side_min, side_max], 'eval_resize_side': side_min}
+
+
+def _aspect_preserving_resize(image, smallest_side):
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    scale = tf.cast(smallest_side, tf.float32) / tf.minimum(height, width)
+    size = tf.cast(tf.round(tf.stack([height * scale, width * scale])), tf.int32)
+    # The max guards against a rounding that lands one pixel short of the crop.
+    size = tf.maximum(size, smallest_side)
+    resized = tf.image.resize_bilinear(image[None], size, half_pixel_centers=True)
+    return resized[0]
+
+
+def _subtract_means(image):
+    return image - tf.constant(MEANS, dtype=tf.float32)
+
+
+def preprocess_for_train(image, image_size):
+    """Random short side in the scaled [256, 512], random square crop, random flip, means off."""
+    side_min, side_max = resize_side_range(image_size)
+    side = tf.random.uniform([], side_min, side_max + 1, dtype=tf.int32)
+    image = _aspect_preserving_resize(image, side)
+    image = tf.image.random_crop(image, [image_size, image_size, 3])
+    image = tf.image.random_flip_left_right(image)
+    return _subtract_means(image)
+
+
+def preprocess_for_eval(image, image_size):
+    """Short side to the scaled 256, central square crop, means off."""
+    image = _aspect_preserving_resize(image, resize_side_range(image_size)[0])
+    shape = tf.shape(image)
+    top = (shape[0] - image_size) // 2
+    left = (shape[1] - image_size) // 2
+    image = tf.slice(image, [top, left, 0], [image_size, image_size, 3])
+    return _subtract_means(image)
+
+
+def to_viewable(images):
+    """Undo the mean subtraction: network inputs back to 0..255 RGB (for summaries and tests)."""
+    return images + tf.constant(MEANS, dtype=tf.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.data pipelines.
+
+def _load(preprocess, image_size):
+    def load(path, label):
+        return preprocess(decode_image(tf.io.read_file(path)), image_size), label
+    return load
+
+
+def train_pipeline(split, image_size, batch_size, seed=None):
+    """Endless shuffled batches of (images, labels) with training augmentation, fixed shapes."""
+    ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
+    ds = ds.shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.map(_load(preprocess_for_train, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    # A file that went bad after the check drops itself here, before batching, not its batch.
+    ds = ds.ignore_errors()
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(split, image_size, batch_size):
+    """One pass over every example of `split`, in order; the last partial batch included."""
+    ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
+    ds = ds.map(_load(preprocess_for_eval, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors()
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that cannot be used.
+
+def find_unreadable(paths):
+    """The paths among `paths` that TensorFlow cannot decode as images (full decode, parallel).
+
+    Runs the training decoder itself over every file in a graph of its own; a file that fails is
+    recognised by its absence from what comes out, so no error message needs to name it.
+    """
+    paths = list(paths)
+    if not paths:
+        return []
+    with tf.Graph().as_default():
+        ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
+        ds = ds.map(lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p)))),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.ignore_errors().batch(256)
+        index, _ = tf.data.make_one_shot_iterator(ds).get_next()
+        good = set()
+        with tf.Session() as session:
+            try:
+                while True:
+                    good.update(session.run(index).tolist())
+            except tf.errors.OutOfRangeError:
+                pass
+    return [p for i, p in enumerate(paths) if i not in good]
+
+
+def _fingerprint(paths):
+    digest = hashlib.sha1()
+    for p in paths:
+        st = os.stat(p)
+        digest.update(('%s\0%d\0%d\n' % (p, st.st_size, st.st_mtime_ns)).encode())
+    return digest.hexdigest()
+
+
+def drop_unreadable(dataset, cache_file=None):
+    """The dataset without the files that cannot be decoded, each reported once by path.
+
+    The check decodes every image once; its result is kept in `cache_file` and reused while no
+    file of the dataset changed (same paths, sizes and modification times).
+    """
+    paths = dataset.train.paths + dataset.validation.paths
+    fingerprint = _fingerprint(paths)
+    bad = None
+    if cache_file and os.path.isfile(cache_file):
+        try:
+            with open(cache_file) as f:
+                cached = json.load(f)
+            if cached.get('fingerprint') == fingerprint:
+                bad = cached['unreadable']
+        except (ValueError, KeyError, OSError):
+            bad = None  # a damaged cache is only a cache: check again
+    if bad is None:
+        log.info('checking that all %d images decode (once per dataset)', len(paths))
+        bad = find_unreadable(paths)
+        if cache_file:
+            tmp = cache_file + '.tmp'
+            with open(tmp, 'w') as f:
+                json.dump({'fingerprint': fingerprint, 'unreadable': bad}, f)
+            os.replace(tmp, cache_file)
+    _report(bad, 'that cannot be decoded as images')
+    bad = set(bad)
+
+    def keep(split):
+        pairs = [(p, label) for p, label in zip(split.paths, split.labels) if p not in bad]
+        return Split([p for p, _ in pairs], [label for _, label in pairs])
+    return dataset._replace(train=keep(dataset.train), validation=keep(dataset.validation))

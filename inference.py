@@ -1,0 +1,170 @@
+"""Name what is in pictures with a trained checkpoint directory.
+
+    python inference.py img.jpg [more.png photos/ ...] [--checkpoint-dir D] [--top-k 5] [--json]
+
+Everything the model needs (classes, display names, image size, preprocessing) is read from the
+settings.json that training wrote beside the checkpoints.
+"""
+import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import imageio.v3 as iio  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+import tf_slim as slim  # noqa: E402
+
+import data  # noqa: E402
+import model  # noqa: E402
+
+READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Predict the classes of images with a trained VGG19.',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
+                   help='image files, or directories whose images are all predicted')
+    p.add_argument('--checkpoint-dir', default='checkpoints/vgg19_food',
+                   help='what train.py wrote: checkpoints and settings.json')
+    p.add_argument('--top-k', type=int, default=5, help='how many classes to print per image')
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--max-pixels', type=float, default=50e6,
+                   help='images with more pixels are refused from their header, undecoded')
+    p.add_argument('--json', action='store_true', help='print one JSON object per image')
+    args = p.parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        p.error('--top-k and --batch-size must be at least 1')
+    return args
+
+
+def expand(paths):
+    """Files as given; directories replaced by the image files in them, sorted."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files.extend(sorted(os.path.join(path, f) for f in os.listdir(path)
+                                if f.lower().endswith(READABLE)))
+        else:
+            files.append(path)
+    return files
+
+
+def read_rgb(path, max_pixels):
+    """The image in `path` as RGB uint8 [height, width, 3] (a GIF's first frame, alpha dropped).
+
+    The size is checked from the header before any pixel is decoded. JPEGs decode to the same
+    pixels as in training (see data.decode_image).
+    """
+    with PIL.Image.open(path) as header:
+        width, height = header.size
+    if width * height > max_pixels:
+        raise ValueError('%dx%d pixels is over --max-pixels %d' % (width, height, max_pixels))
+    image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+        raise ValueError('decoded to an unusable array %s %s' % (image.shape, image.dtype))
+    return image
+
+
+class Predictor:
+    """A checkpoint directory loaded once: preprocess images, then predict them in batches."""
+
+    def __init__(self, checkpoint_dir):
+        settings = model.load_settings(checkpoint_dir)
+        checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
+        if settings is None or checkpoint is None:
+            raise model.SettingsError('%s holds no trained model (settings.json and a checkpoint):'
+                                      ' train one with train.py --checkpoint-dir %s'
+                                      % (checkpoint_dir, checkpoint_dir))
+        if settings['preprocessing'] != data.preprocessing_settings(settings['image_size']):
+            raise model.SettingsError('%s was trained with other preprocessing than this version '
+                                      'of data.py applies' % checkpoint_dir)
+        self.settings, self.checkpoint = settings, checkpoint
+        size = settings['image_size']
+        graph = tf.Graph()
+        with graph.as_default():
+            self._image = tf.placeholder(tf.uint8, [None, None, 3])
+            self._preprocessed = data.preprocess_for_eval(self._image, size)
+            self._batch = tf.placeholder(tf.float32, [None, size, size, 3])
+            logits, _ = model.classifier(self._batch, settings, is_training=False)
+            self._probabilities = tf.nn.softmax(logits)
+            saver = tf.train.Saver(slim.get_model_variables())
+            graph.finalize()
+        self._session = tf.Session(graph=graph)
+        saver.restore(self._session, checkpoint)
+
+    def preprocess(self, image):
+        """RGB uint8 [h, w, 3] -> the network input, exactly as validation makes it."""
+        return self._session.run(self._preprocessed, {self._image: image})
+
+    def probabilities(self, inputs):
+        """Network inputs [n, size, size, 3] -> class probabilities [n, classes]."""
+        return self._session.run(self._probabilities, {self._batch: inputs})
+
+
+def top_k(probabilities, settings, k):
+    """The k most probable classes as [{"class", "label", "probability"}], most probable first."""
+    order = np.argsort(-probabilities, kind='stable')[:k]
+    return [{'class': settings['class_ids'][i], 'label': settings['class_names'][i],
+             'probability': float(probabilities[i])} for i in order]
+
+
+def report(path, predictions, error, as_json):
+    if as_json:
+        print(json.dumps({'image': path, 'error': error} if error else
+                         {'image': path, 'predictions': predictions}, ensure_ascii=False))
+    elif error:
+        print('inference.py: %s: %s' % (path, error), file=sys.stderr)
+    else:
+        print(path)
+        for p in predictions:
+            name = p['label'] if p['label'] == p['class'] else '%s (%s)' % (p['label'], p['class'])
+            print('  %6.2f%%  %s' % (100 * p['probability'], name))
+    sys.stdout.flush()
+
+
+def predict(predictor, paths, args):
+    """Predict every path, batch by batch; returns how many could not be used."""
+    failures = 0
+    for start in range(0, len(paths), args.batch_size):
+        good, inputs = [], []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                inputs.append(predictor.preprocess(read_rgb(path, args.max_pixels)))
+                good.append(path)
+            except FileNotFoundError:
+                failures += 1
+                report(path, None, 'no such file', args.json)
+            except Exception as e:  # any decoder's failure: name the file, go on with the rest
+                failures += 1
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                report(path, None, 'cannot read image: %s' % message, args.json)
+        if good:
+            for path, probabilities in zip(good, predictor.probabilities(np.stack(inputs))):
+                report(path, top_k(probabilities, predictor.settings, args.top_k), None, args.json)
+    return failures
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tf.get_logger().setLevel(logging.ERROR)
+    tf.disable_eager_execution()
+    paths = expand(args.images)
+    if not paths:
+        print('inference.py: error: no images in %s' % ' '.join(args.images), file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor(args.checkpoint_dir)
+    except model.SettingsError as e:
+        print('inference.py: error: %s' % e, file=sys.stderr)
+        return 2
+    return 1 if predict(predictor, paths, args) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""VGG19 exactly as TF-slim defines it, and the rules for restoring ImageNet weights into it.
+
+The variable names follow the public checkpoint `vgg_19.ckpt` (vgg_19/conv1/conv1_1/weights ...
+vgg_19/fc8/biases), so it restores as it is; the fully connected layers are convolutions.
+"""
+import json
+import os
+
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
+
+WEIGHT_DECAY = 5e-4
+DEFAULT_IMAGE_SIZE = 224  # the size the ImageNet checkpoint was trained at
+HEAD_SCOPE = 'vgg_19/fc8'  # the ImageNet classifier, rebuilt for the user's classes
+
+
+INITIALIZERS = {
+    'xavier': None,  # slim's default (Glorot uniform), as the published network
+    # He et al.: keeps the signal's scale through 19 ReLU layers, which random features need.
+    'he': lambda: tf.variance_scaling_initializer(scale=2.0, mode='fan_in'),
+}
+
+
+def vgg_arg_scope(weight_decay=WEIGHT_DECAY, init='xavier'):
+    """slim's VGG arg_scope: ReLU, L2 weight decay on the weights, zero biases, SAME convs."""
+    initializer = INITIALIZERS[init]
+    extra = {'weights_initializer': initializer()} if initializer else {}
+    with slim.arg_scope([slim.conv2d, slim.fully_connected],
+                        activation_fn=tf.nn.relu, **extra,
+                        weights_regularizer=slim.l2_regularizer(weight_decay),
+                        biases_initializer=tf.zeros_initializer()):
+        with slim.arg_scope([slim.conv2d], padding='SAME') as arg_sc:
+            return arg_sc
+
+
+def fc_options(image_size):
+    """How fc6..fc8 read a feature map of `image_size` inputs: (fc_conv_padding, global_pool).
+
+    At 224 px this is slim's network as published. Larger inputs slide the 7x7 fc6 window and
+    average the result; inputs under 224 px leave a feature map smaller than 7x7, so fc6 pads.
+    """
+    if image_size < 32:
+        raise ValueError('--image-size must be at least 32 (VGG19 halves it five times), got %d'
+                         % image_size)
+    padding = 'VALID' if image_size >= DEFAULT_IMAGE_SIZE else 'SAME'
+    return padding, image_size != DEFAULT_IMAGE_SIZE
+
+
+def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
+           spatial_squeeze=True, reuse=None, scope='vgg_19', fc_conv_padding='VALID',
+           global_pool=False, weight_decay=WEIGHT_DECAY, init='xavier'):
+    """VGG19 (configuration E) on `inputs` [batch, height, width, 3]; returns (logits, end_points).
+
+    The same graph as `tf_slim.nets.vgg.vgg_19` under `vgg_arg_scope(weight_decay)`, which this
+    function applies itself so the weight decay is never forgotten (`init` picks the initial
+    weights of a model trained from scratch). The regularisation losses
+    land in tf.GraphKeys.REGULARIZATION_LOSSES; the training loss must add them.
+    """
+    with slim.arg_scope(vgg_arg_scope(weight_decay, init)):
+        with tf.variable_scope(scope, 'vgg_19', [inputs], reuse=reuse) as sc:
+            end_points_collection = sc.original_name_scope + '_end_points'
+            with slim.arg_scope([slim.conv2d, slim.fully_connected, slim.max_pool2d],
+                                outputs_collections=end_points_collection):
+                net = slim.repeat(inputs, 2, slim.conv2d, 64, [3, 3], scope='conv1')
+                net = slim.max_pool2d(net, [2, 2], scope='pool1')
+                net = slim.repeat(net, 2, slim.conv2d, 128, [3, 3], scope='conv2')
+                net = slim.max_pool2d(net, [2, 2], scope='pool2')
+                net = slim.repeat(net, 4, slim.conv2d, 256, [3, 3], scope='conv3')
+                net = slim.max_pool2d(net, [2, 2], scope='pool3')
+                net = slim.repeat(net, 4, slim.conv2d, 512, [3, 3], scope='conv4')
+                net = slim.max_pool2d(net, [2, 2], scope='pool4')
+                net = slim.repeat(net, 4, slim.conv2d, 512, [3, 3], scope='conv5')
+                net = slim.max_pool2d(net, [2, 2], scope='pool5')
+
+                # The fully connected layers as convolutions, as in the checkpoint.
+                net = _fc6(net, fc_conv_padding, weight_decay, init, end_points_collection)
+                net = slim.dropout(net, dropout_keep_prob, is_training=is_training,
+                                   scope='dropout6')
+                net = slim.conv2d(net, 4096, [1, 1], scope='fc7')
+                end_points = slim.utils.convert_collection_to_dict(end_points_collection)
+                if global_pool:
+                    net = tf.reduce_mean(net, [1, 2], keepdims=True, name='global_pool')
+                    end_points['global_pool'] = net
+                if num_classes:
+                    net = slim.dropout(net, dropout_keep_prob, is_training=is_training,
+                                       scope='dropout7')
+                    net = slim.conv2d(net, num_classes, [1, 1], activation_fn=None,
+                                      normalizer_fn=None, scope='fc8')
+                    if spatial_squeeze:
+                        net = tf.squeeze(net, [1, 2], name='fc8/squeezed')
+                    end_points[sc.name + '/fc8'] = net
+                return net, end_points
+
+
+def _fc6(net, padding, weight_decay, init, outputs_collection):
+    """fc6: 4096 filters of 7x7, what slim.conv2d(net, 4096, [7, 7], padding) computes.
+
+    On a map smaller than 7x7 with SAME padding only the central taps can reach the map, so
+    convolving with just those does the same arithmetic, while TensorFlow's CPU gradient of the
+    whole, mostly-padding 7x7 kernel costs ~10 s a step. The variable stays (7, 7, 512, 4096).
+    """
+    height, width = net.shape[1], net.shape[2]
+    if padding != 'SAME' or height is None or width is None or (height >= 7 and width >= 7):
+        return slim.conv2d(net, 4096, [7, 7], padding=padding, scope='fc6')
+    with tf.variable_scope('fc6') as sc:
+        initializer = INITIALIZERS[init]
+        weights = slim.model_variable(
+            'weights', [7, 7, net.shape[3], 4096],
+            initializer=initializer() if initializer else slim.xavier_initializer(),
+            regularizer=slim.l2_regularizer(weight_decay))
+        biases = slim.model_variable('biases', [4096], initializer=tf.zeros_initializer())
+        top, left = 3 - min(height - 1, 3), 3 - min(width - 1, 3)
+        taps = weights[top:7 - top, left:7 - left]
+        net = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(net, taps, 1, 'SAME'), biases))
+        return slim.utils.collect_named_outputs(outputs_collection, sc.name, net)
+
+
+class CheckpointError(ValueError):
+    """A pretrained checkpoint that is missing, or does not fit the model."""
+
+
+def in_scopes(name, scopes):
+    """True when variable `name` lies in one of `scopes` ('vgg_19/fc8' holds 'vgg_19/fc8/biases')."""
+    return any(name == s or name.startswith(s.rstrip('/') + '/') for s in scopes)
+
+
+def checkpoint_file(path):
+    """The checkpoint prefix `path` names (a V1 file, a V2 prefix, or a directory), or None."""
+    if os.path.isdir(path):
+        return tf.train.latest_checkpoint(path)
+    if os.path.isfile(path) or os.path.isfile(path + '.index'):
+        return path
+    return None
+
+
+def pretrained_init_fn(checkpoint_path, exclude_scopes=(HEAD_SCOPE,)):
+    """A Scaffold init_fn that restores every model variable outside `exclude_scopes`.
+
+    Only model variables (weights and biases) are restored: never the global step or the
+    optimizer's slots, which a pretrained checkpoint does not have. Every variable is checked
+    against the checkpoint first, so a missing or mis-shaped one is named here, not deep
+    inside a restore op.
+    """
+    path = checkpoint_file(checkpoint_path)
+    if path is None:
+        raise CheckpointError('pretrained checkpoint %s not found' % checkpoint_path)
+    try:
+        reader = tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as e:
+        raise CheckpointError('cannot read pretrained checkpoint %s: %s'
+                              % (path, str(e).splitlines()[0]))
+    shapes = reader.get_variable_to_shape_map()
+    variables = [v for v in slim.get_model_variables()
+                 if not in_scopes(v.op.name, exclude_scopes)]
+    for v in variables:
+        name, shape = v.op.name, v.shape.as_list()
+        if name not in shapes:
+            raise CheckpointError('%s has no variable %s; is it a TF-slim VGG19 checkpoint?'
+                                  % (path, name))
+        if shapes[name] != shape:
+            raise CheckpointError(
+                '%s in %s has shape %s, the model needs %s; add its scope to --exclude-scopes'
+                % (name, path, shapes[name], shape))
+    saver = tf.train.Saver(variables)
+
+    def init_fn(scaffold, session):
+        saver.restore(session, path)
+    return init_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings record: what a checkpoint directory needs to be used, written once by training.
+
+SETTINGS_FILE = 'settings.json'
+
+
+class SettingsError(ValueError):
+    """A checkpoint directory without usable settings, or settings that do not fit the run."""
+
+
+def save_settings(checkpoint_dir, settings):
+    """Write `settings` (a JSON-able dict) beside the checkpoints, atomically."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    path = os.path.join(checkpoint_dir, SETTINGS_FILE)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        json.dump(settings, f, indent=1, ensure_ascii=False)
+    os.replace(path + '.tmp', path)
+
+
+def load_settings(checkpoint_dir):
+    """The settings training wrote into `checkpoint_dir`, or None when it has none yet."""
+    path = os.path.join(checkpoint_dir, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            settings = json.load(f)
+        missing = [k for k in ('class_ids', 'class_names', 'image_size', 'fc_conv_padding',
+                               'global_pool', 'preprocessing') if k not in settings]
+    except (ValueError, OSError) as e:
+        raise SettingsError('%s is not a readable settings file (%s)' % (path, e))
+    if missing:
+        raise SettingsError('%s lacks %s' % (path, ', '.join(missing)))
+    return settings
+
+
+def classifier(images, settings, is_training, reuse=None, **kwargs):
+    """vgg_19 on `images` for the classes and architecture that `settings` records."""
+    return vgg_19(images, num_classes=len(settings['class_ids']), is_training=is_training,
+                  reuse=reuse, fc_conv_padding=settings['fc_conv_padding'],
+                  global_pool=settings['global_pool'], **kwargs)

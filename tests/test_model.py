@@ -1,0 +1,180 @@
+"""model.py: slim's VGG19, its small-input option, weight decay, and the pretrained restore."""
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
+from tf_slim.nets import vgg as slim_vgg
+
+import model
+
+SLIM_NAMES = (['vgg_19/conv%d/conv%d_%d/%s' % (b, b, i, k)
+               for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1)
+               for k in ('weights', 'biases')] +
+              ['vgg_19/fc%d/%s' % (i, k) for i in (6, 7, 8) for k in ('weights', 'biases')])
+
+
+def test_variables_have_slim_names_and_shapes():
+    model.vgg_19(tf.placeholder(tf.float32, [1, 224, 224, 3]), num_classes=5)
+    shapes = {v.op.name: v.shape.as_list() for v in slim.get_model_variables()}
+    assert sorted(shapes) == sorted(SLIM_NAMES) and len(shapes) == 38
+    assert shapes['vgg_19/fc6/weights'] == [7, 7, 512, 4096]
+    assert shapes['vgg_19/fc7/weights'] == [1, 1, 4096, 4096]
+    assert shapes['vgg_19/fc8/weights'] == [1, 1, 4096, 5]
+    assert sum(np.prod(s) for n, s in shapes.items() if 'fc8' not in n) + 4096 * 1000 + 1000 \
+        == 143667240
+
+
+@pytest.mark.slow
+def test_same_logits_as_slim_reference():
+    images = tf.constant(np.random.RandomState(0).uniform(-120, 130, [2, 224, 224, 3]),
+                         tf.float32)
+    ours, end_points = model.vgg_19(images, num_classes=10, is_training=False)
+    with slim.arg_scope(slim_vgg.vgg_arg_scope()):
+        reference, _ = slim_vgg.vgg_19(images, num_classes=10, is_training=False, scope='ref')
+    ours_by_name = {v.op.name: v for v in tf.global_variables() if v.op.name.startswith('vgg_19/')}
+    rng = np.random.RandomState(1)
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        for v in tf.global_variables():
+            if v.op.name.startswith('ref/'):
+                value = session.run(v) + (rng.normal(0, 0.01, v.shape.as_list())
+                                          if 'biases' in v.op.name else 0)
+                v.load(value, session)
+                ours_by_name['vgg_19/' + v.op.name[4:]].load(value, session)
+        a, b = session.run([ours, reference])
+    assert a.shape == (2, 10)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+    assert 'vgg_19/fc8' in end_points and 'vgg_19/conv5/conv5_4' in end_points
+
+
+@pytest.mark.parametrize('size', [1, 2, 3, 6])
+def test_fc6_on_small_maps_equals_the_full_7x7_convolution(size):
+    net = tf.constant(np.random.RandomState(size).uniform(0, 1, [2, size, size, 512]), tf.float32)
+    with tf.variable_scope('ours'):
+        ours = model._fc6(net, 'SAME', model.WEIGHT_DECAY, 'xavier', 'outputs')
+    with tf.variable_scope('ref'):
+        reference = slim.conv2d(net, 4096, [7, 7], padding='SAME', scope='fc6')
+    weights = {v.op.name.split('/', 1)[0]: v for v in tf.global_variables()
+               if v.op.name.endswith('fc6/weights')}
+    assert weights['ours'].shape.as_list() == [7, 7, 512, 4096]
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        weights['ours'].load(session.run(weights['ref']), session)
+        a, b = session.run([ours, reference])
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+@pytest.mark.parametrize('size,expected', [(224, ('VALID', False)), (256, ('VALID', True)),
+                                           (64, ('SAME', True)), (32, ('SAME', True))])
+def test_fc_options(size, expected):
+    assert model.fc_options(size) == expected
+
+
+def test_fc_options_refuses_tiny_inputs():
+    with pytest.raises(ValueError, match='--image-size'):
+        model.fc_options(16)
+
+
+@pytest.mark.parametrize('size', [32, 64, 96])
+def test_small_inputs_give_one_logit_row_per_image(size):
+    padding, global_pool = model.fc_options(size)
+    logits, _ = model.vgg_19(tf.zeros([3, size, size, 3]), num_classes=4,
+                             fc_conv_padding=padding, global_pool=global_pool)
+    assert logits.shape.as_list() == [3, 4]
+
+
+def test_weight_decay_is_in_the_regularization_loss():
+    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=3, fc_conv_padding='SAME',
+                 global_pool=True, weight_decay=1e-3)
+    weights = [v for v in slim.get_model_variables() if v.op.name.endswith('weights')]
+    assert len(weights) == 19
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        regularization, values = session.run([tf.losses.get_regularization_loss(), weights])
+    expected = sum(1e-3 * np.sum(np.square(w.astype(np.float64))) / 2 for w in values)
+    assert regularization == pytest.approx(expected, rel=1e-4)
+
+
+def test_in_scopes():
+    assert model.in_scopes('vgg_19/fc8/weights', ['vgg_19/fc8'])
+    assert model.in_scopes('vgg_19/fc8/weights', ['vgg_19/fc8/'])
+    assert not model.in_scopes('vgg_19/fc80/weights', ['vgg_19/fc8'])
+    assert not model.in_scopes('vgg_19/fc7/weights', [])
+
+
+def _save(variables, path, version=tf.train.SaverDef.V2):
+    with tf.Graph().as_default():
+        tensors = [tf.Variable(value, name=name) for name, value in variables.items()]
+        with tf.Session() as session:
+            session.run(tf.variables_initializer(tensors))
+            return tf.train.Saver(tensors, write_version=version).save(
+                session, path, write_meta_graph=False, write_state=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('version', ['V1', 'V2'])
+def test_restore_from_a_full_size_slim_checkpoint(tmp_path, version):
+    # What vgg_19_2016_08_28.tar.gz holds: all 38 variables, 1000 ImageNet classes, no
+    # global step, no optimizer slots (the published file is in the V1 format).
+    with tf.Graph().as_default():
+        model.vgg_19(tf.zeros([1, 224, 224, 3]), num_classes=1000)
+        shapes = {v.op.name: v.shape.as_list() for v in slim.get_model_variables()}
+    rng = np.random.RandomState(0)
+    stored = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    path = _save(stored, str(tmp_path / 'vgg_19.ckpt'), getattr(tf.train.SaverDef, version))
+
+    logits, _ = model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME',
+                             global_pool=True)
+    loss = tf.reduce_mean(logits)
+    global_step = tf.train.get_or_create_global_step()
+    train_op = tf.train.MomentumOptimizer(0.1, 0.9).minimize(loss, global_step)
+    init_fn = model.pretrained_init_fn(path)
+    variables = {v.op.name: v for v in slim.get_model_variables()}
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        fresh_fc8 = session.run(variables['vgg_19/fc8/weights'])
+        init_fn(None, session)
+        restored = session.run(variables)
+        session.run(train_op)  # the Momentum slots and the global step were left to the initializer
+    for name, value in restored.items():
+        if name.startswith('vgg_19/fc8'):
+            continue
+        np.testing.assert_array_equal(value, stored[name], err_msg=name)
+    np.testing.assert_array_equal(restored['vgg_19/fc8/weights'], fresh_fc8)
+    assert restored['vgg_19/fc8/weights'].shape == (1, 1, 4096, 5)
+
+
+def test_restore_names_a_missing_variable(tmp_path):
+    path = _save({'vgg_19/conv1/conv1_1/weights': np.zeros([3, 3, 3, 64], np.float32)},
+                 str(tmp_path / 'partial.ckpt'))
+    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME', global_pool=True)
+    with pytest.raises(model.CheckpointError, match='no variable vgg_19/conv1/conv1_1/biases'):
+        model.pretrained_init_fn(path)
+
+
+def test_restore_names_a_mismatched_shape(tmp_path):
+    path = _save({'vgg_19/fc8/weights': np.zeros([1, 1, 4096, 1000], np.float32)},
+                 str(tmp_path / 'head.ckpt'))
+    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME', global_pool=True)
+    with pytest.raises(model.CheckpointError, match=r'vgg_19/fc8/weights .*\[1, 1, 4096, 1000\]'):
+        model.pretrained_init_fn(path, exclude_scopes=[v for v in SLIM_SCOPES if 'fc8' not in v])
+
+
+SLIM_SCOPES = sorted({n.rsplit('/', 1)[0] for n in SLIM_NAMES})
+
+
+def test_restore_refuses_a_missing_checkpoint(tmp_path):
+    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME', global_pool=True)
+    with pytest.raises(model.CheckpointError, match='not found'):
+        model.pretrained_init_fn(str(tmp_path / 'nothing.ckpt'))
+
+
+def test_settings_round_trip_and_damage(tmp_path):
+    assert model.load_settings(str(tmp_path)) is None
+    settings = {'class_ids': ['a'], 'class_names': ['A'], 'image_size': 32,
+                'fc_conv_padding': 'SAME', 'global_pool': True, 'preprocessing': {}}
+    model.save_settings(str(tmp_path), settings)
+    assert model.load_settings(str(tmp_path)) == settings
+    (tmp_path / model.SETTINGS_FILE).write_text('{"class_ids": [')
+    with pytest.raises(model.SettingsError, match='settings.json'):
+        model.load_settings(str(tmp_path))

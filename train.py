@@ -1,0 +1,349 @@
+"""Fine-tune VGG19 on a folder of labelled photos.
+
+    python train.py                      # the recipe: Food-101 from the ImageNet checkpoint
+    python train.py --demo               # the embedded default: no download needed
+    tensorboard --logdir checkpoints/
+
+Reads top to bottom: settings, data, model, loss, optimizer, session loop. Checkpoints, event
+files and settings.json (classes, image size, preprocessing) land in --checkpoint-dir; running
+the same command again resumes from the newest checkpoint.
+"""
+import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import data  # noqa: E402
+import model  # noqa: E402
+
+log = logging.getLogger('train')
+
+FOOD101_URL = 'http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz'
+VGG19_URL = 'http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz'
+
+# The embedded default. Without downloads there are no ImageNet weights, and a whole VGG19 from
+# scratch costs ~7 s a step on 2 cores even at 32 px, so the demo trains the classifier (fc8) of
+# a randomly initialised, frozen VGG19: random convolutional features tell these photos apart
+# once their scale survives the 18 layers below (He initialisation) and dropout does not drown
+# them. It shows the pipeline end to end in minutes, not what fine-tuning ImageNet weights gives.
+DEMO = dict(dataset='data/demo', pretrained='none', checkpoint_dir='checkpoints/demo',
+            image_size=32, init='he', dropout_keep_prob=1.0, trainable_scopes='vgg_19/fc8',
+            epochs=30, batch_size=32, val_batch_size=64, learning_rate=3e-4, validate_every=100,
+            save_every_secs=120)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Fine-tune VGG19 on labelled photos.',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--demo', action='store_true',
+                   help='train on a small dataset made from scikit-image photos (no download); '
+                        'changes the defaults to %s' % DEMO)
+    p.add_argument('--dataset', default='data/food-101',
+                   help='dataset root: Food-101 layout or one folder per class')
+    p.add_argument('--pretrained', default='data/vgg_19.ckpt',
+                   help="TF-slim VGG19 checkpoint to start from, or 'none' to train from scratch")
+    p.add_argument('--checkpoint-dir', default='checkpoints/vgg19_food',
+                   help='where checkpoints, TensorBoard events and settings.json go')
+    p.add_argument('--exclude-scopes', default=model.HEAD_SCOPE,
+                   help='comma-separated variable scopes not restored from --pretrained')
+    p.add_argument('--init', choices=sorted(model.INITIALIZERS), default='xavier',
+                   help='initial weights of what --pretrained does not restore')
+    p.add_argument('--trainable-scopes', default='',
+                   help='comma-separated variable scopes to train (default: all)')
+    p.add_argument('--image-size', type=int, default=model.DEFAULT_IMAGE_SIZE,
+                   help='square input size in pixels; 224 is the network as published')
+    p.add_argument('--val-fraction', type=float, default=0.2,
+                   help='share of each class held out for validation when the dataset has '
+                        'no split of its own')
+    p.add_argument('--seed', type=int, default=0, help='seed of that split')
+    p.add_argument('--epochs', type=float, default=20)
+    p.add_argument('--max-steps', type=int, default=0, help='cap on the step count (0: none)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--val-batch-size', type=int, default=128)
+    p.add_argument('--learning-rate', type=float, default=1e-3)
+    p.add_argument('--end-learning-rate', type=float, default=1e-7,
+                   help='where the polynomial decay ends, at the last step')
+    p.add_argument('--decay-power', type=float, default=1.0)
+    p.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum')
+    p.add_argument('--momentum', type=float, default=0.9, help='for --optimizer momentum')
+    p.add_argument('--dropout-keep-prob', type=float, default=0.5,
+                   help='share of fc6/fc7 activations kept by dropout in training')
+    p.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY)
+    p.add_argument('--validate-every', type=int, default=500,
+                   help='steps between validations (also run at the end; 0: only at the end)')
+    p.add_argument('--save-every-secs', type=int, default=600, help='seconds between checkpoints')
+    p.add_argument('--summary-every', type=int, default=30, help='steps between summaries')
+    p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
+    args = p.parse_args(argv)
+    if args.demo:
+        p.set_defaults(**DEMO)
+        args = p.parse_args(argv)  # flags given on the command line still win
+    for flag in ('image_size', 'batch_size', 'val_batch_size', 'log_every', 'summary_every',
+                 'save_every_secs'):
+        if getattr(args, flag) < 1:
+            p.error('--%s must be at least 1' % flag.replace('_', '-'))
+    if args.epochs <= 0 or args.learning_rate <= 0:
+        p.error('--epochs and --learning-rate must be positive')
+    return args
+
+
+def scopes(text):
+    return [s.strip() for s in text.split(',') if s.strip()]
+
+
+def total_steps(num_examples, batch_size, epochs, max_steps=0):
+    """Steps for `epochs` passes over the data in full batches, capped at `max_steps` if set."""
+    steps = int(math.ceil(epochs * (num_examples // batch_size)))
+    return min(steps, max_steps) if max_steps else steps
+
+
+def learning_rate_at(step, steps, base, end=1e-7, power=1.0):
+    """Polynomial decay from `base` at step 0 to `end` at `steps` (what the graph computes)."""
+    step = min(step, steps)
+    return (base - end) * (1 - step / steps) ** power + end
+
+
+OPTIMIZERS = {
+    'momentum': lambda lr, args: tf.train.MomentumOptimizer(lr, args.momentum),
+    # Adam's steps do not scale with the gradient's size: it trains a head on weak features too.
+    'adam': lambda lr, args: tf.train.AdamOptimizer(lr),
+}
+
+
+def check_inputs(args, resuming):
+    """Turn a missing dataset or checkpoint into one line that says how to get it."""
+    if not os.path.isdir(args.dataset):
+        hint = ('download and unpack %s so that %s/images and %s/meta exist'
+                % (FOOD101_URL, args.dataset, args.dataset)
+                if args.dataset == 'data/food-101' else
+                'point --dataset at a Food-101 root or a folder with one subfolder per class')
+        raise data.DatasetError('dataset %s not found: %s (or try --demo)' % (args.dataset, hint))
+    if args.pretrained != 'none' and not resuming and model.checkpoint_file(args.pretrained) is None:
+        raise model.CheckpointError(
+            "pretrained checkpoint %s not found: download %s and unpack vgg_19.ckpt there, or "
+            "pass --pretrained none to train from scratch" % (args.pretrained, VGG19_URL))
+
+
+def run_settings(args, dataset, previous):
+    """The settings record of this run; a resumed run must match the one it continues."""
+    padding, global_pool = model.fc_options(args.image_size)
+    settings = {'class_ids': dataset.class_ids, 'class_names': dataset.class_names,
+                'image_size': args.image_size, 'fc_conv_padding': padding,
+                'global_pool': global_pool,
+                'preprocessing': data.preprocessing_settings(args.image_size),
+                'dataset': os.path.abspath(args.dataset), 'layout': dataset.layout}
+    if previous is not None:
+        for key, what in (('class_ids', 'classes'), ('image_size', 'image size'),
+                          ('fc_conv_padding', 'architecture'), ('global_pool', 'architecture'),
+                          ('preprocessing', 'preprocessing')):
+            if previous[key] != settings[key]:
+                raise model.SettingsError(
+                    '%s holds a model trained with other %s (%s) than this run (%s): use a new '
+                    '--checkpoint-dir' % (args.checkpoint_dir, what, _short(previous[key]),
+                                          _short(settings[key])))
+    return settings
+
+
+def _short(value):
+    text = str(value)
+    return text if len(text) < 80 else text[:77] + '...'
+
+
+class LoggingHook(tf.train.SessionRunHook):
+    """Every `every` steps: step/total, loss, learning rate, images/s and time left."""
+
+    def __init__(self, tensors, last_step, batch_size, every):
+        self._tensors, self._last_step = tensors, last_step
+        self._batch_size, self._every = batch_size, every
+        self._mark = None
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self._tensors)
+
+    def after_run(self, run_context, run_values):
+        values = run_values.results
+        step, now = values['step'], time.time()
+        if self._mark is None:
+            self._mark = (step, now)
+        elif step % self._every == 0 or step >= self._last_step:
+            speed = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
+            left = (self._last_step - step) / max(speed, 1e-9)
+            log.info('step %d/%d  loss %.4f  total_loss %.4f  lr %.3g  %.1f images/s  %s left',
+                     step, self._last_step, values['loss'], values['total_loss'],
+                     values['learning_rate'], speed * self._batch_size,
+                     time.strftime('%H:%M:%S', time.gmtime(left)))
+            self._mark = (step, now)
+
+
+class ValidationHook(tf.train.SessionRunHook):
+    """Top-1 and top-5 accuracy over the whole validation split, every `every` steps and at the
+    end, written to TensorBoard as `accuracy` and `accuracy_top5`."""
+
+    def __init__(self, init_op, counts, num_examples, every, summary_dir):
+        self._init_op, self._counts, self._num_examples = init_op, counts, num_examples
+        self._every, self._summary_dir = every, summary_dir
+        self._done_at = None
+        self._step = tf.train.get_global_step()
+
+    def after_run(self, run_context, run_values):
+        step = run_context.session.run(self._step)
+        if self._every and step % self._every == 0 and step != self._done_at:
+            self.validate(run_context.session, step)
+
+    def end(self, session):
+        step = session.run(self._step)
+        if step != self._done_at:
+            self.validate(session, step)
+
+    def validate(self, session, step):
+        """One pass over the validation split; returns (top1, top5)."""
+        start, seen, top1, top5 = time.time(), 0, 0, 0
+        session.run(self._init_op)
+        report = max(self._num_examples // 4, 1)
+        while True:
+            try:
+                n, c1, c5 = session.run(self._counts)
+            except tf.errors.OutOfRangeError:
+                break
+            if (seen + n) // report > seen // report and seen + n < self._num_examples:
+                log.info('validation: %d/%d images', seen + n, self._num_examples)
+            seen, top1, top5 = seen + n, top1 + c1, top5 + c5
+        if seen < self._num_examples:
+            log.warning('validation read %d of %d images: %d could not be decoded',
+                        seen, self._num_examples, self._num_examples - seen)
+        accuracy, accuracy5 = top1 / max(seen, 1), top5 / max(seen, 1)
+        log.info('validation at step %d: accuracy %.4f  top-5 %.4f  (%d images, %.0f s)',
+                 step, accuracy, accuracy5, seen, time.time() - start)
+        writer = tf.summary.FileWriterCache.get(self._summary_dir)
+        writer.add_summary(tf.Summary(value=[
+            tf.Summary.Value(tag='accuracy', simple_value=accuracy),
+            tf.Summary.Value(tag='accuracy_top5', simple_value=accuracy5)]), step)
+        writer.flush()
+        self._done_at = step
+        return accuracy, accuracy5
+
+
+def train(args):
+    # Settings and data
+    if args.demo and not os.path.isdir(args.dataset):
+        import demo
+        log.info('making the demo dataset in %s, and sample images in %s-samples',
+                 args.dataset, args.dataset)
+        demo.make_dataset(args.dataset)
+        demo.make_samples(args.dataset + '-samples')
+    latest = tf.train.latest_checkpoint(args.checkpoint_dir)
+    check_inputs(args, resuming=latest is not None)
+    dataset = data.load_dataset(args.dataset, args.val_fraction, args.seed)
+    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    dataset = data.drop_unreadable(
+        dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json'))
+    settings = run_settings(args, dataset, model.load_settings(args.checkpoint_dir))
+    model.save_settings(args.checkpoint_dir, settings)
+    num_train, num_val = len(dataset.train.paths), len(dataset.validation.paths)
+    if num_train < args.batch_size:
+        raise data.DatasetError('--batch-size %d is larger than the %d training images of %s'
+                                % (args.batch_size, num_train, args.dataset))
+    last_step = total_steps(num_train, args.batch_size, args.epochs, args.max_steps)
+    log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
+             args.dataset, dataset.layout, len(dataset.class_ids), num_train, num_val,
+             last_step, args.batch_size)
+
+    global_step = tf.train.get_or_create_global_step()
+    images, labels = tf.data.make_one_shot_iterator(data.train_pipeline(
+        dataset.train, args.image_size, args.batch_size, seed=args.seed)).get_next()
+    val_iterator = tf.data.make_initializable_iterator(data.eval_pipeline(
+        dataset.validation, args.image_size, args.val_batch_size))
+    val_images, val_labels = val_iterator.get_next()
+
+    # Model
+    logits, _ = model.classifier(images, settings, is_training=True,
+                                 weight_decay=args.weight_decay, init=args.init,
+                                 dropout_keep_prob=args.dropout_keep_prob)
+    val_logits, _ = model.classifier(val_images, settings, is_training=False, reuse=True)
+    k = min(5, len(dataset.class_ids))
+    val_counts = (tf.size(val_labels),
+                  tf.reduce_sum(tf.cast(tf.nn.in_top_k(val_logits, val_labels, 1), tf.int32)),
+                  tf.reduce_sum(tf.cast(tf.nn.in_top_k(val_logits, val_labels, k), tf.int32)))
+
+    # Loss: the cross entropy plus the weight decay that the arg_scope's regularizers declare
+    loss = tf.losses.sparse_softmax_cross_entropy(labels, logits)
+    total_loss = loss + tf.losses.get_regularization_loss()
+    tf.summary.scalar('loss', loss)
+    tf.summary.scalar('total_loss', total_loss)
+
+    # Optimizer: frozen variables get no gradients and no momentum slots
+    learning_rate = tf.train.polynomial_decay(args.learning_rate, global_step, last_step,
+                                              args.end_learning_rate, power=args.decay_power)
+    tf.summary.scalar('learning_rate', learning_rate)
+    trainable = scopes(args.trainable_scopes)
+    var_list = [v for v in tf.trainable_variables()
+                if not trainable or model.in_scopes(v.op.name, trainable)]
+    if not var_list:
+        raise model.CheckpointError('--trainable-scopes %s matches no variable of the model'
+                                    % args.trainable_scopes)
+    optimizer = OPTIMIZERS[args.optimizer](learning_rate, args)
+    train_op = optimizer.minimize(total_loss, global_step=global_step, var_list=var_list)
+
+    # Session: the pretrained restore runs only when the directory holds no checkpoint yet
+    init_fn = None
+    if latest:
+        log.info('resuming from %s (step %s); --pretrained is not used when resuming',
+                 latest, latest.rsplit('-', 1)[-1])
+    elif args.pretrained != 'none':
+        init_fn = model.pretrained_init_fn(args.pretrained, scopes(args.exclude_scopes))
+        log.info('starting from the pretrained weights in %s (not restored: %s)',
+                 args.pretrained, args.exclude_scopes or 'nothing')
+    else:
+        log.info('starting from scratch: random initial weights')
+    if trainable:
+        log.info('training only %s (%d of %d variables)', args.trainable_scopes,
+                 len(var_list), len(tf.trainable_variables()))
+    validation = ValidationHook(val_iterator.initializer, val_counts, num_val,
+                                args.validate_every, args.checkpoint_dir)
+    hooks = [tf.train.StopAtStepHook(last_step=last_step),
+             LoggingHook({'step': global_step, 'loss': loss, 'total_loss': total_loss,
+                          'learning_rate': learning_rate}, last_step, args.batch_size,
+                         args.log_every),
+             validation]
+    # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
+    nan_guard = [tf.train.NanTensorHook(total_loss)]
+    with tf.train.MonitoredTrainingSession(
+            checkpoint_dir=args.checkpoint_dir, scaffold=tf.train.Scaffold(init_fn=init_fn),
+            hooks=hooks, chief_only_hooks=nan_guard, save_checkpoint_secs=args.save_every_secs,
+            save_summaries_steps=args.summary_every, log_step_count_steps=0) as session:
+        while not session.should_stop():
+            session.run(train_op)
+    log.info('done: checkpoints in %s; try: python inference.py --checkpoint-dir %s IMAGE',
+             args.checkpoint_dir, args.checkpoint_dir)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format='%(asctime)s %(message)s', datefmt='%H:%M:%S', level=logging.INFO)
+    tf.get_logger().setLevel(logging.WARNING)
+    tf.disable_eager_execution()
+    try:
+        train(args)
+    except (data.DatasetError, model.CheckpointError, model.SettingsError) as e:
+        print('train.py: error: %s' % e, file=sys.stderr)
+        return 2
+    except tf.train.NanLossDuringTrainingError:
+        print('train.py: error: the loss became NaN or infinite; nothing of that step was saved. '
+              'Lower --learning-rate and run again to resume from the last checkpoint.',
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('train.py: interrupted; run the same command again to resume from the last '
+              'checkpoint', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
