@@ -213,7 +213,7 @@ def _aspect_preserving_resize(image, smallest_side):
     size = tf.cast(tf.round(tf.stack([height * scale, width * scale])), tf.int32)
     # The max guards against a rounding that lands one pixel short of the crop.
     size = tf.maximum(size, smallest_side)
-    resized = tf.image.resize_bilinear(image[None], size, half_pixel_centers=True)
+    resized = tf.raw_ops.ResizeBilinear(images=image[None], size=size, half_pixel_centers=True)
     return resized[0]
 
 

@@ -329,7 +329,8 @@ def main(argv=None):
     tf.get_logger().setLevel(logging.WARNING)
     tf.disable_eager_execution()
     try:
-        train(args)
+        with tf.Graph().as_default():
+            train(args)
     except (data.DatasetError, model.CheckpointError, model.SettingsError) as e:
         print('train.py: error: %s' % e, file=sys.stderr)
         return 2

@@ -1,0 +1,237 @@
+"""data.py: both layouts and the split, decoding whatever the file is, the preprocessing and the
+pipelines."""
+import io
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import PIL.Image
+import pytest
+import tensorflow.compat.v1 as tf
+
+import data
+from conftest import random_image
+
+
+def _write(path, image=None, fmt='JPEG', **kwargs):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = random_image(40, 60) if image is None else image
+    PIL.Image.fromarray(image).save(path, format=fmt, **kwargs)
+    return path
+
+
+def _food101(root, classes=('apple_pie', 'baby_back_ribs'), per_class=3):
+    os.makedirs(os.path.join(root, 'meta'))
+    train, test = [], []
+    for c in classes:
+        for i in range(per_class):
+            _write(os.path.join(root, 'images', c, '%d.jpg' % i))
+            (test if i == 0 else train).append('%s/%d' % (c, i))
+    meta = os.path.join(root, 'meta')
+    for name, lines in (('classes.txt', classes),
+                        ('labels.txt', [c.replace('_', ' ').capitalize() for c in classes]),
+                        ('train.txt', train), ('test.txt', test)):
+        with open(os.path.join(meta, name), 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+    return meta
+
+
+def test_food101_layout(tmp_path):
+    _food101(str(tmp_path))
+    ds = data.load_dataset(str(tmp_path))
+    assert ds.layout == 'food-101'
+    assert ds.class_ids == ['apple_pie', 'baby_back_ribs']
+    assert ds.class_names == ['Apple pie', 'Baby back ribs']
+    assert len(ds.train.paths) == 4 and len(ds.validation.paths) == 2
+    assert ds.train.labels == [0, 0, 1, 1]
+    assert ds.train.paths[2].endswith(os.path.join('images', 'baby_back_ribs', '1.jpg'))
+
+
+def test_food101_missing_files_are_skipped_and_reported(tmp_path, caplog):
+    meta = _food101(str(tmp_path))
+    with open(os.path.join(meta, 'train.txt'), 'a') as f:
+        f.write('apple_pie/404\n')
+    ds = data.load_dataset(str(tmp_path))
+    assert len(ds.train.paths) == 4
+    assert 'skipping 1 file(s) listed in' in caplog.text and '404.jpg' in caplog.text
+
+
+def test_food101_entries_outside_the_root_are_refused(tmp_path):
+    meta = _food101(str(tmp_path))
+    with open(os.path.join(meta, 'test.txt'), 'a') as f:
+        f.write('apple_pie/../../../../etc/passwd\n')
+    with pytest.raises(data.DatasetError, match='points outside'):
+        data.load_dataset(str(tmp_path))
+
+
+def test_class_folders_with_their_own_split(tmp_path):
+    for part, n in (('train', 3), ('val', 1)):
+        for c in ('cat', 'dog'):
+            for i in range(n):
+                _write(str(tmp_path / part / c / ('%d.jpg' % i)))
+    ds = data.load_dataset(str(tmp_path))
+    assert ds.class_ids == ['cat', 'dog'] and ds.layout == 'class folders, train/val'
+    assert len(ds.train.paths) == 6 and ds.validation.labels == [0, 1]
+
+
+def test_class_folders_without_a_split_are_split_stratified_and_stably(tmp_path):
+    sizes = {'a': 10, 'b': 5, 'c': 2, 'd': 1}
+    for c, n in sizes.items():
+        for i in range(n):
+            _write(str(tmp_path / c / ('%02d.png' % i)), fmt='PNG')
+    (tmp_path / 'a' / 'notes.txt').write_text('not an image')
+    ds = data.load_dataset(str(tmp_path), val_fraction=0.2, seed=3)
+    assert ds.class_ids == ['a', 'b', 'c', 'd']
+    val = np.bincount(ds.validation.labels, minlength=4).tolist()
+    train = np.bincount(ds.train.labels, minlength=4).tolist()
+    assert val == [2, 1, 1, 0] and train == [8, 4, 1, 1]
+    assert not set(ds.train.paths) & set(ds.validation.paths)
+    again = data.load_dataset(str(tmp_path), val_fraction=0.2, seed=3)
+    assert again.validation.paths == ds.validation.paths
+    other = data.load_dataset(str(tmp_path), val_fraction=0.2, seed=4)
+    assert other.validation.paths != ds.validation.paths
+
+
+def test_stratified_split_ignores_listing_order():
+    files = {'x': ['x%d' % i for i in range(20)], 'y': ['y%d' % i for i in range(7)]}
+    shuffled = {'y': files['y'][::-1], 'x': files['x'][::-1]}
+    assert data.stratified_split(files, 0.3, 1) == data.stratified_split(shuffled, 0.3, 1)
+
+
+@pytest.mark.parametrize('make', ['nothing', 'files only', 'empty class'])
+def test_unknown_layout_says_what_was_found_and_expected(tmp_path, make):
+    if make == 'files only':
+        (tmp_path / 'readme.txt').write_text('hi')
+    if make == 'empty class':
+        (tmp_path / 'cats').mkdir()
+    with pytest.raises(data.DatasetError, match='expected meta/classes.txt'):
+        data.load_dataset(str(tmp_path))
+
+
+def test_missing_root():
+    with pytest.raises(data.DatasetError, match='not found'):
+        data.load_dataset('/no/such/dataset')
+
+
+def _decode(path):
+    image = data.decode_image(tf.io.read_file(path))
+    with tf.Session() as session:
+        return session.run(image)
+
+
+def test_decodes_every_kind_of_image_to_rgb_whatever_its_name(tmp_path):
+    rgb = random_image(30, 50)
+    cases = {
+        'gray.jpg': (PIL.Image.fromarray(rgb[..., 0]), 'JPEG'),
+        'cmyk.jpg': (PIL.Image.fromarray(rgb).convert('CMYK'), 'JPEG'),
+        'alpha.png': (PIL.Image.fromarray(np.dstack([rgb, rgb[..., :1]])), 'PNG'),
+        'palette.gif': (PIL.Image.fromarray(rgb).convert('P'), 'GIF'),
+        'plain.bmp': (PIL.Image.fromarray(rgb), 'BMP'),
+        'png_named.jpg': (PIL.Image.fromarray(rgb), 'PNG'),
+        'jpeg_named.png': (PIL.Image.fromarray(rgb), 'JPEG'),
+    }
+    for name, (image, fmt) in cases.items():
+        path = str(tmp_path / name)
+        image.save(path, format=fmt)
+        decoded = _decode(path)
+        assert decoded.shape == (30, 50, 3) and decoded.dtype == np.uint8, name
+        # The same pixels as Pillow (and so imageio, which inference reads with) gives.
+        expected = np.asarray(PIL.Image.open(path).convert('RGB'))
+        np.testing.assert_array_equal(decoded, expected, err_msg=name)
+
+
+def _bad_files(directory):
+    good = _write(os.path.join(directory, 'good.jpg'))
+    blob = open(good, 'rb').read()
+    bad = {'empty.jpg': b'', 'truncated.jpg': blob[:len(blob) // 2],
+           'text.jpg': b'this is not an image', 'random.png': os.urandom(500)}
+    paths = []
+    for name, content in bad.items():
+        paths.append(os.path.join(directory, name))
+        with open(paths[-1], 'wb') as f:
+            f.write(content)
+    return good, paths
+
+
+def test_find_unreadable_names_each_bad_file(tmp_path):
+    good, bad = _bad_files(str(tmp_path))
+    assert sorted(data.find_unreadable([good] + bad)) == sorted(bad)
+
+
+def test_drop_unreadable_reports_once_and_caches(tmp_path, monkeypatch, caplog):
+    good, bad = _bad_files(str(tmp_path / 'files'))
+    ds = data.Dataset('r', 'test', ['x'], ['x'], data.Split([good] + bad[:2], [0, 0, 0]),
+                      data.Split(bad[2:] + [good], [0, 0, 0]))
+    cache = str(tmp_path / 'unreadable.json')
+    kept = data.drop_unreadable(ds, cache)
+    assert kept.train.paths == [good] and kept.validation.paths == [good]
+    assert 'skipping 4 file(s) that cannot be decoded' in caplog.text
+
+    def no_second_check(paths):
+        raise AssertionError('the cached result should have been used')
+    monkeypatch.setattr(data, 'find_unreadable', no_second_check)
+    assert data.drop_unreadable(ds, cache) == kept
+
+
+def _run(tensor):
+    with tf.Session() as session:
+        return session.run(tensor)
+
+
+def test_eval_preprocessing_crops_the_centre_of_a_landscape_image():
+    # Column index as the red channel: the crop's columns tell where it was taken from.
+    height, width, size = 100, 300, 50
+    image = np.zeros([height, width, 3], np.uint8)
+    image[..., 0] = (np.arange(width) * 255 // (width - 1))[None, :]
+    out = _run(data.preprocess_for_eval(tf.constant(image), size))
+    assert out.shape == (size, size, 3)
+    red = out[..., 0] + data.R_MEAN
+    # The short side goes to 57 (256 * 50 / 224), so the width to 171: columns 60..110 of it.
+    assert abs(red.mean() - 127.5) < 3
+
+
+def test_preprocessing_subtracts_the_vgg_means_and_keeps_0_255():
+    image = np.empty([64, 80, 3], np.uint8)
+    image[...] = (124, 117, 104)
+    for out in (_run(data.preprocess_for_eval(tf.constant(image), 32)),
+                _run(data.preprocess_for_train(tf.constant(image), 32))):
+        np.testing.assert_allclose(out, np.broadcast_to(
+            np.array([124 - 123.68, 117 - 116.78, 104 - 103.94]), out.shape), atol=1e-3)
+
+
+def test_train_preprocessing_is_random_and_fixed_size():
+    image = tf.constant(random_image(120, 90))
+    out = data.preprocess_for_train(image, 32)
+    with tf.Session() as session:
+        a, b = session.run(out), session.run(out)
+    assert a.shape == b.shape == (32, 32, 3) and not np.array_equal(a, b)
+
+
+def test_resize_side_range_scales_with_the_image_size():
+    assert data.resize_side_range(224) == (256, 512)
+    assert data.resize_side_range(112) == (128, 256)
+
+
+def test_eval_pipeline_keeps_the_last_partial_batch(photo_dataset):
+    ds = data.load_dataset(photo_dataset)
+    batches = tf.data.make_one_shot_iterator(
+        data.eval_pipeline(ds.train, 32, batch_size=4)).get_next()
+    labels = []
+    with tf.Session() as session:
+        try:
+            while True:
+                labels.extend(session.run(batches)[1].tolist())
+        except tf.errors.OutOfRangeError:
+            pass
+    assert len(ds.train.paths) % 4 != 0 and labels == ds.train.labels
+
+
+def test_train_pipeline_skips_a_bad_file_without_losing_its_batch(tmp_path):
+    good, bad = _bad_files(str(tmp_path))
+    split = data.Split([good, bad[0]], [1, 0])
+    images, labels = tf.data.make_one_shot_iterator(
+        data.train_pipeline(split, 32, batch_size=3, seed=0)).get_next()
+    assert images.shape.as_list() == [3, 32, 32, 3]
+    with tf.Session() as session:
+        for _ in range(2):
+            assert session.run(labels).tolist() == [1, 1, 1]
