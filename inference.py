@@ -66,7 +66,7 @@ def read_rgb(path, max_pixels):
     if width * height > max_pixels:
         raise ValueError('%dx%d pixels is over --max-pixels %d' % (width, height, max_pixels))
     image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         raise ValueError('decoded to an unusable array %s %s' % (image.shape, image.dtype))
     return image
 

@@ -5,9 +5,13 @@ vgg_19/fc8/biases), so it restores as it is; the fully connected layers are conv
 """
 import json
 import os
+import warnings
 
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
+
+# slim.dropout still goes through the Keras-1 layer API; the warning is slim's, not the user's.
+warnings.filterwarnings('ignore', message='`layer.apply` is deprecated')
 
 WEIGHT_DECAY = 5e-4
 DEFAULT_IMAGE_SIZE = 224  # the size the ImageNet checkpoint was trained at
@@ -120,7 +124,7 @@ class CheckpointError(ValueError):
 
 
 def in_scopes(name, scopes):
-    """True when variable `name` lies in one of `scopes` ('vgg_19/fc8' holds 'vgg_19/fc8/biases')."""
+    """True when variable `name` lies in one of `scopes` (vgg_19/fc8 holds vgg_19/fc8/biases)."""
     return any(name == s or name.startswith(s.rstrip('/') + '/') for s in scopes)
 
 

@@ -124,7 +124,8 @@ def check_inputs(args, resuming):
                 if args.dataset == 'data/food-101' else
                 'point --dataset at a Food-101 root or a folder with one subfolder per class')
         raise data.DatasetError('dataset %s not found: %s (or try --demo)' % (args.dataset, hint))
-    if args.pretrained != 'none' and not resuming and model.checkpoint_file(args.pretrained) is None:
+    if (args.pretrained != 'none' and not resuming
+            and model.checkpoint_file(args.pretrained) is None):
         raise model.CheckpointError(
             "pretrained checkpoint %s not found: download %s and unpack vgg_19.ckpt there, or "
             "pass --pretrained none to train from scratch" % (args.pretrained, VGG19_URL))

@@ -1,9 +1,7 @@
 """data.py: both layouts and the split, decoding whatever the file is, the preprocessing and the
 pipelines."""
-import io
 import os
 
-import imageio.v3 as iio
 import numpy as np
 import PIL.Image
 import pytest

@@ -34,7 +34,8 @@ def test_recipe_defaults():
     args = train.parse_args([])
     assert (args.dataset, args.pretrained, args.checkpoint_dir) == (
         'data/food-101', 'data/vgg_19.ckpt', 'checkpoints/vgg19_food')
-    assert (args.image_size, args.epochs, args.batch_size, args.val_batch_size) == (224, 20, 64, 128)
+    assert (args.image_size, args.epochs) == (224, 20)
+    assert (args.batch_size, args.val_batch_size) == (64, 128)
     assert (args.learning_rate, args.end_learning_rate, args.momentum) == (1e-3, 1e-7, 0.9)
     assert (args.save_every_secs, args.summary_every, args.validate_every) == (600, 30, 500)
     assert args.exclude_scopes == 'vgg_19/fc8'
