@@ -104,9 +104,10 @@ def test_in_scopes():
 
 def _save(variables, path, version=tf.train.SaverDef.V2):
     with tf.Graph().as_default():
-        tensors = [tf.Variable(value, name=name) for name, value in variables.items()]
+        tensors = [tf.Variable(tf.zeros(v.shape), name=name) for name, v in variables.items()]
         with tf.Session() as session:
-            session.run(tf.variables_initializer(tensors))
+            for tensor, value in zip(tensors, variables.values()):
+                tensor.load(value, session)  # fed, not embedded in the graph as constants
             return tf.train.Saver(tensors, write_version=version).save(
                 session, path, write_meta_graph=False, write_state=False)
 
@@ -119,8 +120,8 @@ def test_restore_from_a_full_size_slim_checkpoint(tmp_path, version):
     with tf.Graph().as_default():
         model.vgg_19(tf.zeros([1, 224, 224, 3]), num_classes=1000)
         shapes = {v.op.name: v.shape.as_list() for v in slim.get_model_variables()}
-    rng = np.random.RandomState(0)
-    stored = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    rng = np.random.default_rng(0)
+    stored = {name: rng.standard_normal(shape, np.float32) for name, shape in shapes.items()}
     path = _save(stored, str(tmp_path / 'vgg_19.ckpt'), getattr(tf.train.SaverDef, version))
 
     logits, _ = model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME',

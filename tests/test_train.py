@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
@@ -112,3 +113,20 @@ def test_missing_inputs_are_one_line_errors(tmp_path, photo_dataset):
     rc, line = _cli('--dataset', photo_dataset, '--checkpoint-dir', str(tmp_path / 'c'),
                     '--pretrained', str(tmp_path / 'vgg_19.ckpt'))
     assert rc == 2 and 'vgg_19_2016_08_28.tar.gz' in line and '--pretrained none' in line
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(photo_dataset, tmp_path,
+                                                                     capsys):
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
+             '--image-size', '32', '--batch-size', '4', '--trainable-scopes', 'vgg_19/fc8',
+             '--init', 'he', '--validate-every', '0']
+    assert train.main(flags + ['--max-steps', '2']) == 0
+    assert train.main(flags + ['--max-steps', '50', '--learning-rate', '1e30']) == 1
+    assert 'NaN or infinite' in capsys.readouterr().err
+    latest = tf.train.latest_checkpoint(out)
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        assert np.all(np.isfinite(value)), (latest, name)
