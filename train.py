@@ -34,7 +34,7 @@ VGG19_URL = 'http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz'
 # them. It shows the pipeline end to end in minutes, not what fine-tuning ImageNet weights gives.
 DEMO = dict(dataset='data/demo', pretrained='none', checkpoint_dir='checkpoints/demo',
             image_size=32, init='he', dropout_keep_prob=1.0, trainable_scopes='vgg_19/fc8',
-            epochs=30, batch_size=32, val_batch_size=64, learning_rate=3e-4, validate_every=100,
+            epochs=60, batch_size=32, val_batch_size=64, learning_rate=3e-4, validate_every=100,
             save_every_secs=120)
 
 

@@ -2,8 +2,10 @@
 import glob
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -130,3 +132,35 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(photo_datas
     for name in reader.get_variable_to_shape_map():
         value = reader.get_tensor(name)
         assert np.all(np.isfinite(value)), (latest, name)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_then_the_same_command_resumes(photo_dataset, tmp_path):
+    out = str(tmp_path / 'run')
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', photo_dataset,
+               '--pretrained', 'none', '--checkpoint-dir', out, '--image-size', '32',
+               '--batch-size', '4', '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0',
+               '--save-every-secs', '2', '--max-steps', '100000']
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            latest = tf.train.latest_checkpoint(out)
+            if latest and int(latest.rsplit('-', 1)[1]) > 0:
+                break
+            time.sleep(0.5)
+        assert process.poll() is None, process.stderr.read()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and 'interrupted' in err.strip().splitlines()[-1]
+    step = int(tf.train.latest_checkpoint(out).rsplit('-', 1)[1])
+    assert step > 0
+    command[-1] = str(step + 2)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'resuming from' in result.stderr and '(step %d)' % step in result.stderr
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-%d' % (step + 2))
