@@ -63,8 +63,13 @@ def read_rgb(path, max_pixels):
     """
     with PIL.Image.open(path) as header:
         width, height = header.size
-    if width * height > max_pixels:
-        raise ValueError('%dx%d pixels is over --max-pixels %d' % (width, height, max_pixels))
+        if width * height > max_pixels:
+            raise ValueError('%dx%d pixels is over --max-pixels %d' % (width, height, max_pixels))
+        if header.mode.startswith('I;16'):
+            # 16-bit grayscale: keep the high byte, as TensorFlow's decoder does in training
+            # (Pillow's own conversion to RGB would clip it to white).
+            gray = (np.asarray(header).astype(np.uint32) >> 8).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
     image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         raise ValueError('decoded to an unusable array %s %s' % (image.shape, image.dtype))
@@ -115,12 +120,12 @@ def top_k(probabilities, settings, k):
 
 
 def report(path, predictions, error, as_json):
+    if error:  # on stderr in both modes, so a script reading stdout still has it in the log
+        print('inference.py: %s: %s' % (path, error), file=sys.stderr)
     if as_json:
         print(json.dumps({'image': path, 'error': error} if error else
                          {'image': path, 'predictions': predictions}, ensure_ascii=False))
-    elif error:
-        print('inference.py: %s: %s' % (path, error), file=sys.stderr)
-    else:
+    elif not error:
         print(path)
         for p in predictions:
             name = p['label'] if p['label'] == p['class'] else '%s (%s)' % (p['label'], p['class'])

@@ -34,7 +34,7 @@ VGG19_URL = 'http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz'
 # them. It shows the pipeline end to end in minutes, not what fine-tuning ImageNet weights gives.
 DEMO = dict(dataset='data/demo', pretrained='none', checkpoint_dir='checkpoints/demo',
             image_size=32, init='he', dropout_keep_prob=1.0, trainable_scopes='vgg_19/fc8',
-            epochs=60, batch_size=32, val_batch_size=64, learning_rate=3e-4, validate_every=100,
+            epochs=30, batch_size=32, val_batch_size=64, learning_rate=3e-4, validate_every=100,
             save_every_secs=120)
 
 
@@ -90,6 +90,10 @@ def parse_args(argv=None):
             p.error('--%s must be at least 1' % flag.replace('_', '-'))
     if args.epochs <= 0 or args.learning_rate <= 0:
         p.error('--epochs and --learning-rate must be positive')
+    if args.image_size < 32:
+        p.error('--image-size must be at least 32 (VGG19 halves it five times)')
+    if not 0 < args.val_fraction < 1:
+        p.error('--val-fraction must be between 0 and 1')
     return args
 
 
@@ -163,22 +167,23 @@ class LoggingHook(tf.train.SessionRunHook):
         self._tensors, self._last_step = tensors, last_step
         self._batch_size, self._every = batch_size, every
         self._mark = None
+        self._step = tf.train.get_global_step()
 
     def before_run(self, run_context):
         return tf.train.SessionRunArgs(self._tensors)
 
     def after_run(self, run_context, run_values):
         values = run_values.results
-        step, now = values['step'], time.time()
+        # Read after the update: a step fetched with train_op may come from before it.
+        step, now = run_context.session.run(self._step), time.time()
         if self._mark is None:
             self._mark = (step, now)
         elif step % self._every == 0 or step >= self._last_step:
             speed = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
             left = (self._last_step - step) / max(speed, 1e-9)
-            log.info('step %d/%d  loss %.4f  total_loss %.4f  lr %.3g  %.1f images/s  %s left',
-                     step, self._last_step, values['loss'], values['total_loss'],
-                     values['learning_rate'], speed * self._batch_size,
-                     time.strftime('%H:%M:%S', time.gmtime(left)))
+            log.info('step %d/%d  loss %.4f  total_loss %.4f  lr %.3g  %.1f images/s  '
+                     '%dh%02dm left', step, self._last_step, values['loss'], values['total_loss'],
+                     values['learning_rate'], speed * self._batch_size, *divmod(left // 60, 60))
             self._mark = (step, now)
 
 
@@ -244,7 +249,9 @@ def train(args):
     os.makedirs(args.checkpoint_dir, exist_ok=True)
     dataset = data.drop_unreadable(
         dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json'))
-    settings = run_settings(args, dataset, model.load_settings(args.checkpoint_dir))
+    # Settings left by a run that never saved a checkpoint describe no model: replace them.
+    previous = model.load_settings(args.checkpoint_dir) if latest else None
+    settings = run_settings(args, dataset, previous)
     model.save_settings(args.checkpoint_dir, settings)
     num_train, num_val = len(dataset.train.paths), len(dataset.validation.paths)
     if num_train < args.batch_size:
@@ -308,18 +315,34 @@ def train(args):
     validation = ValidationHook(val_iterator.initializer, val_counts, num_val,
                                 args.validate_every, args.checkpoint_dir)
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
-             LoggingHook({'step': global_step, 'loss': loss, 'total_loss': total_loss,
+             LoggingHook({'loss': loss, 'total_loss': total_loss,
                           'learning_rate': learning_rate}, last_step, args.batch_size,
                          args.log_every),
              validation]
     # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
     nan_guard = [tf.train.NanTensorHook(total_loss)]
-    with tf.train.MonitoredTrainingSession(
-            checkpoint_dir=args.checkpoint_dir, scaffold=tf.train.Scaffold(init_fn=init_fn),
-            hooks=hooks, chief_only_hooks=nan_guard, save_checkpoint_secs=args.save_every_secs,
-            save_summaries_steps=args.summary_every, log_step_count_steps=0) as session:
-        while not session.should_stop():
-            session.run(train_op)
+    scaffold = tf.train.Scaffold(init_fn=init_fn)
+    try:
+        session = tf.train.MonitoredTrainingSession(
+            checkpoint_dir=args.checkpoint_dir, scaffold=scaffold, hooks=hooks,
+            chief_only_hooks=nan_guard, save_checkpoint_secs=args.save_every_secs,
+            save_summaries_steps=args.summary_every, log_step_count_steps=0)
+    except tf.errors.NotFoundError as e:
+        raise model.SettingsError(
+            '%s does not hold what this run needs (%s): it was saved with another --optimizer or '
+            '--trainable-scopes; resume with those, or use a new --checkpoint-dir'
+            % (latest, e.message.splitlines()[0][:200]))
+    with session:
+        try:
+            while not session.should_stop():
+                session.run(train_op)
+        except KeyboardInterrupt:
+            # Keep the steps since the last periodic checkpoint: save now, outside the hooks.
+            path = session.run_step_fn(lambda step_context: scaffold.saver.save(
+                step_context.session, os.path.join(args.checkpoint_dir, 'model.ckpt'),
+                global_step=global_step))
+            log.info('saved %s', path)
+            raise
     log.info('done: checkpoints in %s; try: python inference.py --checkpoint-dir %s IMAGE',
              args.checkpoint_dir, args.checkpoint_dir)
 

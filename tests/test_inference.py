@@ -26,7 +26,8 @@ def _image_files(directory):
              'cmyk.jpg': (PIL.Image.fromarray(rgb).convert('CMYK'), 'JPEG'),
              'alpha.png': (PIL.Image.fromarray(np.dstack([rgb, rgb[..., :1]])), 'PNG'),
              'palette.gif': (PIL.Image.fromarray(rgb).convert('P'), 'GIF'),
-             'plain.bmp': (PIL.Image.fromarray(rgb), 'BMP')}
+             'plain.bmp': (PIL.Image.fromarray(rgb), 'BMP'),
+             'deep.png': (PIL.Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), 'PNG')}
     paths = []
     for name, (image, fmt) in files.items():
         paths.append(os.path.join(directory, name))
@@ -93,6 +94,7 @@ def test_json_lines_for_good_and_bad_files(tmp_path, checkpoint_dir):
     for path in bad + [missing]:
         assert 'error' in by_image[path] and 'predictions' not in by_image[path]
     assert by_image[missing]['error'] == 'no such file'
+    assert 'inference.py: %s: no such file' % missing in err
 
 
 @pytest.mark.slow

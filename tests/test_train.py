@@ -59,7 +59,7 @@ def _events(directory):
 
 
 @pytest.mark.slow
-def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog):
+def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     out = str(tmp_path / 'run')
     flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
@@ -87,19 +87,28 @@ def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog
     saved = tf.train.load_checkpoint(out).get_variable_to_shape_map()
     assert 'vgg_19/fc8/weights/Momentum' in saved
     assert 'vgg_19/fc7/weights/Momentum' not in saved  # frozen: no slots
-    assert 'step 4/5' in caplog.text and 'step 1/' not in caplog.text
+    assert 'step 5/5' in caplog.text and 'step 1/' not in caplog.text
+
+    # Resuming with more variables to train (the last flag given wins) needs momentum slots the
+    # checkpoint lacks.
+    assert train.main(flags + ['--max-steps', '7', '--trainable-scopes', '']) == 2
+    assert 'another --optimizer or --trainable-scopes' in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_resume_with_other_classes_is_refused(photo_dataset, tmp_path, capsys):
+def test_resume_with_other_settings_is_refused(photo_dataset, tmp_path, capsys):
     out = str(tmp_path / 'run')
     train.model.save_settings(out, {'class_ids': ['x', 'y'], 'class_names': ['x', 'y'],
                                     'image_size': 32, 'fc_conv_padding': 'SAME',
                                     'global_pool': True, 'preprocessing': {}})
-    rc = train.main(['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
-                     '--image-size', '32'])
-    assert rc == 2
-    assert 'other classes' in capsys.readouterr().err
+    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
+             '--image-size', '32', '--batch-size', '4', '--max-steps', '1', '--validate-every', '0',
+             '--trainable-scopes', 'vgg_19/fc8']
+    # Settings without a checkpoint describe no model yet: a new run replaces them.
+    assert train.main(flags) == 0
+    assert train.model.load_settings(out)['class_ids'] == ['astronaut', 'camera', 'coffee']
+    assert train.main(flags + ['--image-size', '64']) == 2
+    assert 'other image size (32)' in capsys.readouterr().err
 
 
 def _cli(*args):
@@ -158,7 +167,7 @@ def test_ctrl_c_mid_run_then_the_same_command_resumes(photo_dataset, tmp_path):
             process.kill()
     assert process.returncode == 130 and 'interrupted' in err.strip().splitlines()[-1]
     step = int(tf.train.latest_checkpoint(out).rsplit('-', 1)[1])
-    assert step > 0
+    assert step > 0 and 'saved %s' % tf.train.latest_checkpoint(out) in err
     command[-1] = str(step + 2)
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
