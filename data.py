@@ -241,11 +241,6 @@ def preprocess_for_eval(image, image_size):
     return _subtract_means(image)
 
 
-def to_viewable(images):
-    """Undo the mean subtraction: network inputs back to 0..255 RGB (for summaries and tests)."""
-    return images + tf.constant(MEANS, dtype=tf.float32)
-
-
 # ---------------------------------------------------------------------------------------------
 # tf.data pipelines.
 
