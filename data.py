@@ -221,6 +221,12 @@ def _subtract_means(image):
     return image - tf.constant(MEANS, dtype=tf.float32)
 
 
+def to_viewable(images):
+    """Network inputs back to the RGB uint8 pixels they show (for TensorBoard)."""
+    return tf.cast(tf.clip_by_value(images + tf.constant(MEANS, dtype=tf.float32), 0, 255),
+                   tf.uint8)
+
+
 def preprocess_for_train(image, image_size):
     """Random short side in the scaled [256, 512], random square crop, random flip, means off."""
     side_min, side_max = resize_side_range(image_size)
@@ -261,9 +267,13 @@ def train_pipeline(split, image_size, batch_size, seed=None):
 
 
 def eval_pipeline(split, image_size, batch_size):
-    """One pass over every example of `split`, in order; the last partial batch included."""
+    """One pass over every example of `split`, in order, as batches of (images, labels, paths);
+    the last partial batch included."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
-    ds = ds.map(_load(preprocess_for_eval, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    load = _load(preprocess_for_eval, image_size)
+    # The path travels with its image, so a report can name the files it got wrong.
+    ds = ds.map(lambda path, label: load(path, label) + (path,),
+                num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 

@@ -1,6 +1,7 @@
 """Name what is in pictures with a trained checkpoint directory.
 
-    python inference.py img.jpg [more.png photos/ ...] [--checkpoint-dir D] [--top-k 5] [--json]
+    python inference.py img.jpg [more.png photos/ ...] [--checkpoint-dir D] [--checkpoint best]
+                        [--top-k 5] [--json]
 
 Everything the model needs (classes, display names, image size, preprocessing) is read from the
 settings.json that training wrote beside the checkpoints.
@@ -32,6 +33,8 @@ def parse_args(argv=None):
                    help='image files, or directories whose images are all predicted')
     p.add_argument('--checkpoint-dir', default='checkpoints/vgg19_food',
                    help='what train.py wrote: checkpoints and settings.json')
+    p.add_argument('--checkpoint', default='latest',
+                   help="'latest', 'best' (the best validation accuracy), or a checkpoint path")
     p.add_argument('--top-k', type=int, default=5, help='how many classes to print per image')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--max-pixels', type=float, default=50e6,
@@ -79,13 +82,13 @@ def read_rgb(path, max_pixels):
 class Predictor:
     """A checkpoint directory loaded once: preprocess images, then predict them in batches."""
 
-    def __init__(self, checkpoint_dir):
+    def __init__(self, checkpoint_dir, checkpoint='latest'):
         settings = model.load_settings(checkpoint_dir)
-        checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
-        if settings is None or checkpoint is None:
-            raise model.SettingsError('%s holds no trained model (settings.json and a checkpoint):'
-                                      ' train one with train.py --checkpoint-dir %s'
+        if settings is None:
+            raise model.SettingsError('%s holds no trained model (no settings.json): train one '
+                                      'with train.py --checkpoint-dir %s'
                                       % (checkpoint_dir, checkpoint_dir))
+        checkpoint = model.find_checkpoint(checkpoint_dir, checkpoint)
         if settings['preprocessing'] != data.preprocessing_settings(settings['image_size']):
             raise model.SettingsError('%s was trained with other preprocessing than this version '
                                       'of data.py applies' % checkpoint_dir)
@@ -164,7 +167,7 @@ def main(argv=None):
         print('inference.py: error: no images in %s' % ' '.join(args.images), file=sys.stderr)
         return 2
     try:
-        predictor = Predictor(args.checkpoint_dir)
+        predictor = Predictor(args.checkpoint_dir, args.checkpoint)
     except model.SettingsError as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2

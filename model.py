@@ -213,3 +213,55 @@ def classifier(images, settings, is_training, reuse=None, **kwargs):
     return vgg_19(images, num_classes=len(settings['class_ids']), is_training=is_training,
                   reuse=reuse, fc_conv_padding=settings['fc_conv_padding'],
                   global_pool=settings['global_pool'], **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which checkpoint of a directory: the newest, or the best one that validation kept.
+
+BEST_DIR = 'best'  # <checkpoint-dir>/best: the weights with the best validation accuracy
+BEST_FILE = 'best.json'  # beside them: their step and accuracy
+
+
+def save_best(session, saver, checkpoint_dir, record):
+    """Save the model with `saver` into <checkpoint_dir>/best, replacing the previous best, and
+    write `record` (step, accuracy, ...) beside it, atomically."""
+    directory = os.path.join(checkpoint_dir, BEST_DIR)
+    os.makedirs(directory, exist_ok=True)
+    path = saver.save(session, os.path.join(directory, 'model.ckpt'), record['step'],
+                      write_meta_graph=False)
+    record = dict(record, checkpoint=os.path.basename(path))
+    with open(os.path.join(directory, BEST_FILE + '.tmp'), 'w') as f:
+        json.dump(record, f, indent=1)
+    os.replace(os.path.join(directory, BEST_FILE + '.tmp'), os.path.join(directory, BEST_FILE))
+    return path
+
+
+def load_best(checkpoint_dir):
+    """The record of the best checkpoint in `checkpoint_dir` ({step, accuracy, ...}), or None."""
+    path = os.path.join(checkpoint_dir, BEST_DIR, BEST_FILE)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return record if {'step', 'accuracy'} <= set(record) else None
+    except (OSError, ValueError):
+        return None  # no validation yet, or a damaged record: the next validation writes one
+
+
+def find_checkpoint(checkpoint_dir, which='latest'):
+    """The checkpoint prefix that `which` names: 'latest' or 'best' of `checkpoint_dir`, or a
+    checkpoint path; raises SettingsError saying what to do when there is none."""
+    if which == 'latest':
+        path = tf.train.latest_checkpoint(checkpoint_dir)
+        hint = 'train one with train.py --checkpoint-dir %s' % checkpoint_dir
+    elif which == 'best':
+        path = tf.train.latest_checkpoint(os.path.join(checkpoint_dir, BEST_DIR))
+        hint = ('validation keeps one there; use --checkpoint latest, or train with '
+                '--validate-every N')
+    else:
+        path = checkpoint_file(which)
+        hint = 'pass latest, best, or the prefix of a model.ckpt-N checkpoint'
+    if path is None:
+        where = ('%s checkpoint in %s' % (which, checkpoint_dir) if which in ('latest', 'best')
+                 else 'checkpoint %s' % which)
+        raise SettingsError('no %s: %s' % (where, hint))
+    return path

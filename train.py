@@ -6,7 +6,9 @@
 
 Reads top to bottom: settings, data, model, loss, optimizer, session loop. Checkpoints, event
 files and settings.json (classes, image size, preprocessing) land in --checkpoint-dir; running
-the same command again resumes from the newest checkpoint.
+the same command again resumes from the newest checkpoint, in the stage and at the point of the
+learning-rate schedule where it stopped. The weights with the best validation accuracy are kept
+in --checkpoint-dir/best, and curves.png shows loss, learning rate and accuracy at the end.
 """
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
@@ -17,9 +19,12 @@ import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
+import tf_slim as slim  # noqa: E402
 
 import data  # noqa: E402
+import evaluate  # noqa: E402
 import model  # noqa: E402
 
 log = logging.getLogger('train')
@@ -55,7 +60,13 @@ def parse_args(argv=None):
     p.add_argument('--init', choices=sorted(model.INITIALIZERS), default='xavier',
                    help='initial weights of what --pretrained does not restore')
     p.add_argument('--trainable-scopes', default='',
-                   help='comma-separated variable scopes to train (default: all)')
+                   help='comma-separated variable scopes to train (default: all); e.g. '
+                        'vgg_19/fc6,vgg_19/fc7,vgg_19/fc8 to keep the convolutions as they are')
+    p.add_argument('--head-steps', type=int, default=0,
+                   help='first train only the head (the --exclude-scopes) for this many steps, '
+                        'at --head-learning-rate, then --trainable-scopes on the main schedule')
+    p.add_argument('--head-learning-rate', type=float, default=1e-2,
+                   help='constant learning rate of the --head-steps')
     p.add_argument('--image-size', type=int, default=model.DEFAULT_IMAGE_SIZE,
                    help='square input size in pixels; 224 is the network as published')
     p.add_argument('--val-fraction', type=float, default=0.2,
@@ -66,17 +77,29 @@ def parse_args(argv=None):
     p.add_argument('--max-steps', type=int, default=0, help='cap on the step count (0: none)')
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--val-batch-size', type=int, default=128)
-    p.add_argument('--learning-rate', type=float, default=1e-3)
+    p.add_argument('--learning-rate', type=float, default=1e-3,
+                   help='learning rate at the start of the main schedule')
+    p.add_argument('--schedule', choices=SCHEDULES, default='polynomial',
+                   help='how the learning rate goes from --learning-rate to --end-learning-rate '
+                        'over the steps after the head stage')
     p.add_argument('--end-learning-rate', type=float, default=1e-7,
-                   help='where the polynomial decay ends, at the last step')
-    p.add_argument('--decay-power', type=float, default=1.0)
+                   help='where the schedule ends, at the last step')
+    p.add_argument('--decay-power', type=float, default=1.0, help='of the polynomial schedule')
+    p.add_argument('--warmup-steps', type=int, default=0,
+                   help='steps of linear warm-up at the start of the main schedule')
     p.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum')
     p.add_argument('--momentum', type=float, default=0.9, help='for --optimizer momentum')
+    p.add_argument('--label-smoothing', type=float, default=0.0,
+                   help='share of each target spread evenly over all classes')
+    p.add_argument('--class-weights', choices=('none', 'balanced'), default='none',
+                   help='balanced: weigh each image by 1 / its class size, for imbalanced data')
     p.add_argument('--dropout-keep-prob', type=float, default=0.5,
                    help='share of fc6/fc7 activations kept by dropout in training')
     p.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY)
     p.add_argument('--validate-every', type=int, default=500,
                    help='steps between validations (also run at the end; 0: only at the end)')
+    p.add_argument('--early-stopping', type=int, default=0, metavar='K',
+                   help='stop after K validations without a better accuracy (0: never)')
     p.add_argument('--save-every-secs', type=int, default=600, help='seconds between checkpoints')
     p.add_argument('--summary-every', type=int, default=30, help='steps between summaries')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
@@ -88,8 +111,15 @@ def parse_args(argv=None):
                  'save_every_secs'):
         if getattr(args, flag) < 1:
             p.error('--%s must be at least 1' % flag.replace('_', '-'))
-    if args.epochs <= 0 or args.learning_rate <= 0:
-        p.error('--epochs and --learning-rate must be positive')
+    for flag in ('head_steps', 'warmup_steps', 'early_stopping', 'validate_every', 'max_steps'):
+        if getattr(args, flag) < 0:
+            p.error('--%s must not be negative' % flag.replace('_', '-'))
+    if min(args.epochs, args.learning_rate, args.head_learning_rate, args.end_learning_rate) <= 0:
+        p.error('--epochs and the learning rates must be positive')
+    if not 0 <= args.label_smoothing < 1:
+        p.error('--label-smoothing must be in [0, 1)')
+    if args.early_stopping and not args.validate_every:
+        p.error('--early-stopping needs --validate-every')
     if args.image_size < 32:
         p.error('--image-size must be at least 32 (VGG19 halves it five times)')
     if not 0 < args.val_fraction < 1:
@@ -107,16 +137,59 @@ def total_steps(num_examples, batch_size, epochs, max_steps=0):
     return min(steps, max_steps) if max_steps else steps
 
 
-def learning_rate_at(step, steps, base, end=1e-7, power=1.0):
-    """Polynomial decay from `base` at step 0 to `end` at `steps` (what the graph computes)."""
-    step = min(step, steps)
-    return (base - end) * (1 - step / steps) ** power + end
+SCHEDULES = ('polynomial', 'cosine', 'exponential', 'constant')
 
 
+def learning_rate_at(step, steps, base, schedule='polynomial', end=1e-7, power=1.0,
+                     warmup_steps=0):
+    """The learning rate at `step` of `steps`: from `base` at step 0 to `end` at `steps` along
+    `schedule` (constant stays at `base`), times a linear warm-up over the first `warmup_steps`.
+
+    The training loop feeds exactly this number to the graph, step by step.
+    """
+    t = min(max(step, 0), steps) / max(steps, 1)
+    if schedule == 'polynomial':
+        rate = (base - end) * (1 - t) ** power + end
+    elif schedule == 'cosine':
+        rate = end + (base - end) * (1 + math.cos(math.pi * t)) / 2
+    elif schedule == 'exponential':
+        rate = base * (end / base) ** t
+    elif schedule == 'constant':
+        rate = base
+    else:
+        raise ValueError('unknown schedule %r' % schedule)
+    if step < warmup_steps:
+        rate *= (step + 1) / warmup_steps
+    return rate
+
+
+def stage_at(step, args, last_step):
+    """('head', rate) during the --head-steps, then ('main', rate) on the main schedule, which
+    starts at the first step after the head stage and ends at `last_step`."""
+    if step < args.head_steps:
+        return 'head', args.head_learning_rate
+    return 'main', learning_rate_at(step - args.head_steps, last_step - args.head_steps,
+                                    args.learning_rate, args.schedule, args.end_learning_rate,
+                                    args.decay_power, args.warmup_steps)
+
+
+# Each takes (learning rate, flags, name); the name keeps the head stage's slots apart.
 OPTIMIZERS = {
-    'momentum': lambda lr, args: tf.train.MomentumOptimizer(lr, args.momentum),
-    'adam': lambda lr, args: tf.train.AdamOptimizer(lr),
+    'momentum': lambda lr, args, name: tf.train.MomentumOptimizer(lr, args.momentum,
+                                                                  name=name + 'Momentum'),
+    'sgd': lambda lr, args, name: tf.train.GradientDescentOptimizer(lr, name=name + 'SGD'),
+    'adam': lambda lr, args, name: tf.train.AdamOptimizer(lr, name=name + 'Adam'),
+    'rmsprop': lambda lr, args, name: tf.train.RMSPropOptimizer(lr, decay=0.9, epsilon=1e-7,
+                                                                name=name + 'RMSProp'),
 }
+
+
+def class_weights(labels, num_classes):
+    """'balanced' weights: images / (classes present * images of the class), as scikit-learn's
+    compute_class_weight; 0 for a class without images."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = max(np.count_nonzero(counts), 1)
+    return np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
 
 
 def check_inputs(args, resuming):
@@ -141,7 +214,8 @@ def run_settings(args, dataset, previous):
                 'image_size': args.image_size, 'fc_conv_padding': padding,
                 'global_pool': global_pool,
                 'preprocessing': data.preprocessing_settings(args.image_size),
-                'dataset': os.path.abspath(args.dataset), 'layout': dataset.layout}
+                'dataset': os.path.abspath(args.dataset), 'layout': dataset.layout,
+                'val_fraction': args.val_fraction, 'seed': args.seed}
     if previous is not None:
         # The architecture follows from the image size, so comparing that covers it.
         for key, what in (('class_ids', 'classes'), ('image_size', 'image size'),
@@ -160,7 +234,7 @@ def _short(value):
 
 
 class LoggingHook(tf.train.SessionRunHook):
-    """Every `every` steps: step/total, loss, learning rate, images/s and time left."""
+    """Every `every` steps: step/total, loss, batch accuracy, learning rate, images/s, time left."""
 
     def __init__(self, tensors, last_step, batch_size, every):
         self._tensors, self._last_step = tensors, last_step
@@ -180,26 +254,31 @@ class LoggingHook(tf.train.SessionRunHook):
         elif step % self._every == 0 or step >= self._last_step:
             speed = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
             left = (self._last_step - step) / max(speed, 1e-9)
-            log.info('step %d/%d  loss %.4f  total_loss %.4f  lr %.3g  %.1f images/s  '
-                     '%dh%02dm left', step, self._last_step, values['loss'], values['total_loss'],
-                     values['learning_rate'], speed * self._batch_size, *divmod(left // 60, 60))
+            log.info('step %d/%d  loss %.4f  total_loss %.4f  batch accuracy %.2f  lr %.3g  '
+                     '%.1f images/s  %dh%02dm left', step, self._last_step, values['loss'],
+                     values['total_loss'], values['train_accuracy'], values['learning_rate'],
+                     speed * self._batch_size, *divmod(left // 60, 60))
             self._mark = (step, now)
 
 
 class ValidationHook(tf.train.SessionRunHook):
     """Top-1 and top-5 accuracy over the whole validation split, every `every` steps and at the
-    end, written to TensorBoard as `accuracy` and `accuracy_top5`."""
+    end, written to TensorBoard as `accuracy` and `accuracy_top5`. A better top-1 than the best
+    so far saves the weights into <checkpoint-dir>/best; with `patience`, training stops after
+    that many validations without one."""
 
-    def __init__(self, init_op, counts, num_examples, every, summary_dir):
-        self._init_op, self._counts, self._num_examples = init_op, counts, num_examples
-        self._every, self._summary_dir = every, summary_dir
+    def __init__(self, evaluation, num_examples, every, checkpoint_dir, best_saver, patience=0):
+        self._initializer, self._fetches = evaluation
+        self._num_examples, self._every, self._dir = num_examples, every, checkpoint_dir
+        self._best_saver, self._patience = best_saver, patience
         self._done_at = None
         self._step = tf.train.get_global_step()
 
     def after_run(self, run_context, run_values):
         step = run_context.session.run(self._step)
         if self._every and step % self._every == 0 and step != self._done_at:
-            self.validate(run_context.session, step)
+            if self.validate(run_context.session, step):
+                run_context.request_stop()
 
     def end(self, session):
         step = session.run(self._step)
@@ -207,34 +286,35 @@ class ValidationHook(tf.train.SessionRunHook):
             self.validate(session, step)
 
     def validate(self, session, step):
-        """One pass over the validation split; returns (top1, top5)."""
-        start, seen, top1, top5 = time.time(), 0, 0, 0
-        session.run(self._init_op)
-        report = max(self._num_examples // 4, 1)
-        while True:
-            try:
-                n, c1, c5 = session.run(self._counts)
-            except tf.errors.OutOfRangeError:
-                break
-            if (seen + n) // report > seen // report and seen + n < self._num_examples:
-                log.info('validation: %d/%d images', seen + n, self._num_examples)
-            seen, top1, top5 = seen + n, top1 + c1, top5 + c5
-        if seen < self._num_examples:
-            log.warning('validation read %d of %d images: %d could not be decoded',
-                        seen, self._num_examples, self._num_examples - seen)
-        accuracy, accuracy5 = top1 / max(seen, 1), top5 / max(seen, 1)
+        """One pass over the validation split; True when training should stop early."""
+        start, step = time.time(), int(step)
+        predictions = evaluate.predict(session, self._initializer, self._fetches,
+                                       self._num_examples)
+        accuracy, accuracy5 = evaluate.accuracy(predictions['labels'], predictions['top'])
         log.info('validation at step %d: accuracy %.4f  top-5 %.4f  (%d images, %.0f s)',
-                 step, accuracy, accuracy5, seen, time.time() - start)
-        writer = tf.summary.FileWriterCache.get(self._summary_dir)
+                 step, accuracy, accuracy5, len(predictions['labels']), time.time() - start)
+        writer = tf.summary.FileWriterCache.get(self._dir)
         writer.add_summary(tf.Summary(value=[
             tf.Summary.Value(tag='accuracy', simple_value=accuracy),
             tf.Summary.Value(tag='accuracy_top5', simple_value=accuracy5)]), step)
         writer.flush()
         self._done_at = step
-        return accuracy, accuracy5
+        best = model.load_best(self._dir)
+        if best is None or accuracy > best['accuracy']:
+            model.save_best(session, self._best_saver, self._dir,
+                            {'step': step, 'accuracy': accuracy, 'accuracy_top5': accuracy5})
+            log.info('best accuracy so far: weights kept in %s',
+                     os.path.join(self._dir, model.BEST_DIR))
+            return False
+        if self._patience and step - best['step'] >= self._patience * self._every:
+            log.info('early stopping: no better accuracy in %d validations since step %d (%.4f)',
+                     self._patience, best['step'], best['accuracy'])
+            return True
+        return False
 
 
-def train(args):
+def train(args, hooks=()):
+    """Train as `args` say; `hooks` are extra SessionRunHooks (e.g. of a program embedding this)."""
     # Settings and data
     if args.demo and not os.path.isdir(args.dataset):
         import demo
@@ -252,50 +332,63 @@ def train(args):
     previous = model.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)
     model.save_settings(args.checkpoint_dir, settings)
+    num_classes = len(dataset.class_ids)
     num_train, num_val = len(dataset.train.paths), len(dataset.validation.paths)
     if num_train < args.batch_size:
         raise data.DatasetError('--batch-size %d is larger than the %d training images of %s'
                                 % (args.batch_size, num_train, args.dataset))
-    last_step = total_steps(num_train, args.batch_size, args.epochs, args.max_steps)
+    last_step = args.head_steps + total_steps(num_train, args.batch_size, args.epochs)
+    last_step = min(last_step, args.max_steps) if args.max_steps else last_step
     log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
-             args.dataset, dataset.layout, len(dataset.class_ids), num_train, num_val,
-             last_step, args.batch_size)
+             args.dataset, dataset.layout, num_classes, num_train, num_val, last_step,
+             args.batch_size)
 
     global_step = tf.train.get_or_create_global_step()
     images, labels = tf.data.make_one_shot_iterator(data.train_pipeline(
         dataset.train, args.image_size, args.batch_size, seed=args.seed)).get_next()
-    val_iterator = tf.data.make_initializable_iterator(data.eval_pipeline(
-        dataset.validation, args.image_size, args.val_batch_size))
-    val_images, val_labels = val_iterator.get_next()
+    labels = tf.cast(labels, tf.int32)
 
-    # Model
+    # Model, and the same evaluation graph that evaluate.py runs, on the same variables
     logits, _ = model.classifier(images, settings, is_training=True,
                                  weight_decay=args.weight_decay, init=args.init,
                                  dropout_keep_prob=args.dropout_keep_prob)
-    val_logits, _ = model.classifier(val_images, settings, is_training=False, reuse=True)
-    k = min(5, len(dataset.class_ids))
-    val_counts = (tf.size(val_labels),
-                  tf.reduce_sum(tf.cast(tf.nn.in_top_k(val_logits, val_labels, 1), tf.int32)),
-                  tf.reduce_sum(tf.cast(tf.nn.in_top_k(val_logits, val_labels, k), tf.int32)))
+    evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size, reuse=True)
 
-    # Loss: the cross entropy plus the weight decay that the arg_scope's regularizers declare
-    loss = tf.losses.sparse_softmax_cross_entropy(labels, logits)
+    # Loss: cross entropy (smoothed, weighted as asked) plus the arg_scope's weight decay
+    weights = 1.0
+    if args.class_weights == 'balanced':
+        per_class = class_weights(dataset.train.labels, num_classes)
+        log.info('class weights (balanced): %.3g to %.3g', per_class.min(), per_class.max())
+        weights = tf.gather(tf.constant(per_class, tf.float32), labels)
+    loss = tf.losses.softmax_cross_entropy(tf.one_hot(labels, num_classes), logits,
+                                           weights=weights, label_smoothing=args.label_smoothing)
     total_loss = loss + tf.losses.get_regularization_loss()
+    train_accuracy = tf.reduce_mean(tf.cast(
+        tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32))
     tf.summary.scalar('loss', loss)
     tf.summary.scalar('total_loss', total_loss)
+    tf.summary.scalar('train_accuracy', train_accuracy)
+    # What the network is fed, once at each start: kept out of the periodic summaries.
+    inputs_summary = tf.summary.image('inputs', data.to_viewable(images), max_outputs=4,
+                                      collections=[])
 
-    # Optimizer: frozen variables get no gradients and no momentum slots
-    learning_rate = tf.train.polynomial_decay(args.learning_rate, global_step, last_step,
-                                              args.end_learning_rate, power=args.decay_power)
+    # Optimizer: the learning rate comes from stage_at each step. Frozen variables get no
+    # gradients and no slots; the head stage has its own slots, so both stages exist in every
+    # checkpoint and a restart can resume in either.
+    learning_rate = tf.placeholder(tf.float32, [], name='learning_rate_fed')
     tf.summary.scalar('learning_rate', learning_rate)
-    trainable = scopes(args.trainable_scopes)
-    var_list = [v for v in tf.trainable_variables()
-                if not trainable or model.in_scopes(v.op.name, trainable)]
-    if not var_list:
-        raise model.CheckpointError('--trainable-scopes %s matches no variable of the model'
-                                    % args.trainable_scopes)
-    optimizer = OPTIMIZERS[args.optimizer](learning_rate, args)
-    train_op = optimizer.minimize(total_loss, global_step=global_step, var_list=var_list)
+    stages = {'main': variables_in(args.trainable_scopes, '--trainable-scopes')}
+    if args.head_steps:
+        stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
+    train_ops = {}
+    for stage, var_list in sorted(stages.items()):
+        optimizer = OPTIMIZERS[args.optimizer](learning_rate, args,
+                                               'head_' if stage == 'head' else '')
+        update = optimizer.minimize(total_loss, global_step=global_step, var_list=var_list)
+        with tf.control_dependencies([update]):
+            train_ops[stage] = global_step.read_value()  # the step after the update
+    best_saver = tf.train.Saver(slim.get_model_variables() + [global_step], max_to_keep=1,
+                                save_relative_paths=True)
 
     # Session: the pretrained restore runs only when the directory holds no checkpoint yet
     init_fn = None
@@ -308,16 +401,19 @@ def train(args):
                  args.pretrained, args.exclude_scopes or 'nothing')
     else:
         log.info('starting from scratch: random initial weights')
-    if trainable:
-        log.info('training only %s (%d of %d variables)', args.trainable_scopes,
-                 len(var_list), len(tf.trainable_variables()))
-    validation = ValidationHook(val_iterator.initializer, val_counts, num_val,
-                                args.validate_every, args.checkpoint_dir)
+    for stage, var_list in sorted(stages.items()):
+        log.info('%s stage trains %d of %d variables (%s)', stage, len(var_list),
+                 len(tf.trainable_variables()),
+                 'steps 0-%d' % args.head_steps if stage == 'head' else
+                 'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
-             LoggingHook({'loss': loss, 'total_loss': total_loss,
-                          'learning_rate': learning_rate}, last_step, args.batch_size,
+             LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
+                          'train_accuracy': train_accuracy}, last_step, args.batch_size,
                          args.log_every),
-             validation]
+             tf.train.SummarySaverHook(save_steps=last_step + 1, output_dir=args.checkpoint_dir,
+                                       summary_op=inputs_summary),
+             ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
+                            best_saver, args.early_stopping)] + list(hooks)
     # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
     nan_guard = [tf.train.NanTensorHook(total_loss)]
     scaffold = tf.train.Scaffold(init_fn=init_fn)
@@ -328,13 +424,19 @@ def train(args):
             save_summaries_steps=args.summary_every, log_step_count_steps=0)
     except tf.errors.NotFoundError as e:
         raise model.SettingsError(
-            '%s does not hold what this run needs (%s): it was saved with another --optimizer or '
-            '--trainable-scopes; resume with those, or use a new --checkpoint-dir'
-            % (latest, e.message.splitlines()[0][:200]))
+            '%s does not hold what this run needs (%s): it was saved with another --optimizer, '
+            '--trainable-scopes or --head-steps; resume with those, or use a new '
+            '--checkpoint-dir' % (latest, e.message.splitlines()[0][:200]))
     with session:
+        step, stage = session.run_step_fn(
+            lambda step_context: step_context.session.run(global_step)), None
         try:
             while not session.should_stop():
-                session.run(train_op)
+                now, rate = stage_at(step, args, last_step)
+                if now != stage:
+                    log.info('%s stage from step %d', now, step)
+                    stage = now
+                step = session.run(train_ops[stage], feed_dict={learning_rate: rate})
         except KeyboardInterrupt:
             # Keep the steps since the last periodic checkpoint: save now, outside the hooks.
             path = session.run_step_fn(lambda step_context: scaffold.saver.save(
@@ -342,8 +444,20 @@ def train(args):
                 global_step=global_step))
             log.info('saved %s', path)
             raise
-    log.info('done: checkpoints in %s; try: python inference.py --checkpoint-dir %s IMAGE',
-             args.checkpoint_dir, args.checkpoint_dir)
+    curves = evaluate.plot_curves(args.checkpoint_dir)
+    log.info('done: checkpoints in %s, training curves in %s; next: python evaluate.py '
+             '--checkpoint-dir %s, python inference.py --checkpoint-dir %s IMAGE',
+             args.checkpoint_dir, curves, args.checkpoint_dir, args.checkpoint_dir)
+
+
+def variables_in(text, flag):
+    """The trainable variables in the comma-separated scopes `text` (all when empty)."""
+    wanted = scopes(text)
+    found = [v for v in tf.trainable_variables() if not wanted or model.in_scopes(v.op.name,
+                                                                                  wanted)]
+    if not found:
+        raise model.CheckpointError('%s %s matches no variable of the model' % (flag, text))
+    return found
 
 
 def main(argv=None):

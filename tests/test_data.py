@@ -210,18 +210,28 @@ def test_resize_side_range_scales_with_the_image_size():
     assert data.resize_side_range(112) == (128, 256)
 
 
-def test_eval_pipeline_keeps_the_last_partial_batch(photo_dataset):
+def test_eval_pipeline_keeps_the_last_partial_batch_and_the_paths(photo_dataset):
     ds = data.load_dataset(photo_dataset)
     batches = tf.data.make_one_shot_iterator(
         data.eval_pipeline(ds.train, 32, batch_size=4)).get_next()
-    labels = []
+    labels, paths = [], []
     with tf.Session() as session:
         try:
             while True:
-                labels.extend(session.run(batches)[1].tolist())
+                _, batch_labels, batch_paths = session.run(batches)
+                labels.extend(batch_labels.tolist())
+                paths.extend(p.decode() for p in batch_paths)
         except tf.errors.OutOfRangeError:
             pass
-    assert len(ds.train.paths) % 4 != 0 and labels == ds.train.labels
+    assert len(ds.train.paths) % 4 != 0
+    assert labels == ds.train.labels and paths == ds.train.paths
+
+
+def test_to_viewable_undoes_the_mean_subtraction():
+    pixels = np.array([[[0, 128, 255]]], np.uint8)
+    inputs = tf.cast(pixels, tf.float32) - tf.constant(data.MEANS)
+    with tf.Session() as session:
+        np.testing.assert_array_equal(session.run(data.to_viewable(inputs)), pixels)
 
 
 def test_train_pipeline_skips_a_bad_file_without_losing_its_batch(tmp_path):

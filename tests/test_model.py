@@ -1,4 +1,7 @@
 """model.py: slim's VGG19, its small-input option, weight decay, and the pretrained restore."""
+import glob
+import os
+
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
@@ -179,3 +182,28 @@ def test_settings_round_trip_and_damage(tmp_path):
     (tmp_path / model.SETTINGS_FILE).write_text('{"class_ids": [')
     with pytest.raises(model.SettingsError, match='settings.json'):
         model.load_settings(str(tmp_path))
+
+
+def test_best_checkpoint_bookkeeping(tmp_path):
+    directory = str(tmp_path)
+    with pytest.raises(model.SettingsError, match='no best checkpoint in .*--checkpoint latest'):
+        model.find_checkpoint(directory, 'best')
+    assert model.load_best(directory) is None
+    weight = tf.Variable(1.0)
+    saver = tf.train.Saver([weight], max_to_keep=1)
+    with tf.Session() as session:
+        session.run(weight.initializer)
+        model.save_best(session, saver, directory, {'step': 10, 'accuracy': 0.5})
+        session.run(weight.assign(2.0))
+        model.save_best(session, saver, directory, {'step': 20, 'accuracy': 0.75})
+    assert model.load_best(directory) == {'step': 20, 'accuracy': 0.75,
+                                          'checkpoint': 'model.ckpt-20'}
+    best = model.find_checkpoint(directory, 'best')
+    assert best == os.path.join(directory, 'best', 'model.ckpt-20')
+    assert tf.train.load_checkpoint(best).get_tensor('Variable') == 2.0
+    assert not glob.glob(os.path.join(directory, 'best', 'model.ckpt-10*'))  # replaced
+    assert model.find_checkpoint(directory, best) == best
+    with pytest.raises(model.SettingsError, match='no latest checkpoint'):
+        model.find_checkpoint(directory, 'latest')
+    with pytest.raises(model.SettingsError, match='no checkpoint nowhere'):
+        model.find_checkpoint(directory, 'nowhere')
