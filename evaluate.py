@@ -348,7 +348,7 @@ def evaluate(args):
         initializer, fetches = build(split, settings, args.batch_size)
         saver = tf.train.Saver(slim.get_model_variables())
         with tf.Session() as session:
-            saver.restore(session, checkpoint)
+            model.restore(saver, session, checkpoint)
             log.info('evaluating %s on %d %s images of %s', checkpoint, len(split.paths),
                      args.split, root)
             predictions = predict(session, initializer, fetches, len(split.paths))

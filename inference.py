@@ -104,7 +104,7 @@ class Predictor:
             saver = tf.train.Saver(slim.get_model_variables())
             graph.finalize()
         self._session = tf.Session(graph=graph)
-        saver.restore(self._session, checkpoint)
+        model.restore(saver, self._session, checkpoint)
 
     def preprocess(self, image):
         """RGB uint8 [h, w, 3] -> the network input, exactly as validation makes it."""

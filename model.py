@@ -247,6 +247,15 @@ def load_best(checkpoint_dir):
         return None  # no validation yet, or a damaged record: the next validation writes one
 
 
+def restore(saver, session, checkpoint):
+    """saver.restore, with a checkpoint that does not fit the model (or is damaged) turned into
+    a SettingsError naming it."""
+    try:
+        saver.restore(session, checkpoint)
+    except (tf.errors.OpError, ValueError) as e:
+        raise SettingsError('cannot restore %s: %s' % (checkpoint, str(e).splitlines()[0][:200]))
+
+
 def find_checkpoint(checkpoint_dir, which='latest'):
     """The checkpoint prefix that `which` names: 'latest' or 'best' of `checkpoint_dir`, or a
     checkpoint path; raises SettingsError saying what to do when there is none."""

@@ -114,8 +114,12 @@ def parse_args(argv=None):
     for flag in ('head_steps', 'warmup_steps', 'early_stopping', 'validate_every', 'max_steps'):
         if getattr(args, flag) < 0:
             p.error('--%s must not be negative' % flag.replace('_', '-'))
-    if min(args.epochs, args.learning_rate, args.head_learning_rate, args.end_learning_rate) <= 0:
-        p.error('--epochs and the learning rates must be positive')
+    if min(args.epochs, args.learning_rate, args.head_learning_rate) <= 0:
+        p.error('--epochs, --learning-rate and --head-learning-rate must be positive')
+    if args.end_learning_rate < 0 or (args.schedule == 'exponential'
+                                      and not args.end_learning_rate):
+        p.error('--end-learning-rate must be positive for --schedule exponential, and not '
+                'negative for the others')
     if not 0 <= args.label_smoothing < 1:
         p.error('--label-smoothing must be in [0, 1)')
     if args.early_stopping and not args.validate_every:
@@ -463,7 +467,7 @@ def variables_in(text, flag):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format='%(asctime)s %(message)s', datefmt='%H:%M:%S', level=logging.INFO)
-    tf.get_logger().setLevel(logging.WARNING)
+    tf.get_logger().setLevel(logging.ERROR)  # deprecation notices from TF's own v1 code
     tf.disable_eager_execution()
     try:
         with tf.Graph().as_default():

@@ -207,3 +207,15 @@ def test_best_checkpoint_bookkeeping(tmp_path):
         model.find_checkpoint(directory, 'latest')
     with pytest.raises(model.SettingsError, match='no checkpoint nowhere'):
         model.find_checkpoint(directory, 'nowhere')
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_settings_error(tmp_path):
+    with tf.Graph().as_default():
+        other = tf.Variable(1.0, name='other')
+        with tf.Session() as session:
+            session.run(other.initializer)
+            path = tf.train.Saver([other]).save(session, str(tmp_path / 'model.ckpt'))
+    weight = tf.Variable(1.0, name='weight')
+    with tf.Session() as session:
+        with pytest.raises(model.SettingsError, match='cannot restore .*model.ckpt: '):
+            model.restore(tf.train.Saver([weight]), session, path)

@@ -108,6 +108,20 @@ def test_recipe_defaults():
     assert args.exclude_scopes == 'vgg_19/fc8'
 
 
+@pytest.mark.parametrize('flags, message', [
+    (['--schedule', 'exponential', '--end-learning-rate', '0'], 'for --schedule exponential'),
+    (['--early-stopping', '3', '--validate-every', '0'], '--early-stopping needs'),
+    (['--label-smoothing', '1'], '--label-smoothing must be in [0, 1)'),
+    (['--head-steps', '-1'], '--head-steps must not be negative'),
+    (['--head-learning-rate', '0'], 'must be positive'),
+])
+def test_bad_flags_are_one_line_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train.parse_args(flags)
+    assert exit.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+    train.parse_args(['--schedule', 'cosine', '--end-learning-rate', '0'])  # to zero is fine
+
+
 def test_demo_defaults_yield_to_explicit_flags():
     args = train.parse_args(['--demo', '--epochs', '2'])
     assert args.dataset == 'data/demo' and args.pretrained == 'none' and args.epochs == 2
