@@ -324,7 +324,7 @@ def parse_args(argv=None):
 
 def evaluate(args):
     """Run the evaluation that `args` asks for; returns the report (a dict)."""
-    settings = model.load_settings(args.checkpoint_dir)
+    settings = model.load_settings(args.checkpoint_dir, data.preprocessing_settings)
     if settings is None:
         raise model.SettingsError('%s holds no trained model (no settings.json): train one with '
                                   'train.py --checkpoint-dir %s'
@@ -387,6 +387,9 @@ def main(argv=None):
     except (data.DatasetError, model.SettingsError) as e:
         print('evaluate.py: error: %s' % e, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('evaluate.py: interrupted', file=sys.stderr)
+        return 130
     print(json.dumps(result, ensure_ascii=False) if args.json else format_report(result,
                                                                                  args.show))
     return 0

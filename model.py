@@ -191,8 +191,12 @@ def save_settings(checkpoint_dir, settings):
     os.replace(path + '.tmp', path)
 
 
-def load_settings(checkpoint_dir):
-    """The settings training wrote into `checkpoint_dir`, or None when it has none yet."""
+def load_settings(checkpoint_dir, preprocessing=None):
+    """The settings training wrote into `checkpoint_dir`, or None when it has none yet.
+
+    `preprocessing`: a function of the image size giving the preprocessing this code applies
+    (data.preprocessing_settings); a model trained with other preprocessing is then refused.
+    """
     path = os.path.join(checkpoint_dir, SETTINGS_FILE)
     if not os.path.isfile(path):
         return None
@@ -205,6 +209,9 @@ def load_settings(checkpoint_dir):
         raise SettingsError('%s is not a readable settings file (%s)' % (path, e))
     if missing:
         raise SettingsError('%s lacks %s' % (path, ', '.join(missing)))
+    if preprocessing and settings['preprocessing'] != preprocessing(settings['image_size']):
+        raise SettingsError('%s was trained with other preprocessing than this version of '
+                            'data.py applies' % checkpoint_dir)
     return settings
 
 
@@ -222,18 +229,32 @@ BEST_DIR = 'best'  # <checkpoint-dir>/best: the weights with the best validation
 BEST_FILE = 'best.json'  # beside them: their step and accuracy
 
 
+def best_saver(checkpoint_dir, var_list):
+    """A Saver for <checkpoint_dir>/best that keeps one checkpoint: it knows the one already
+    there, so the next best replaces it, in this run as after a restart."""
+    saver = tf.train.Saver(var_list, max_to_keep=1, save_relative_paths=True)
+    state = tf.train.get_checkpoint_state(os.path.join(checkpoint_dir, BEST_DIR))
+    if state:
+        saver.recover_last_checkpoints(state.all_model_checkpoint_paths)
+    return saver
+
+
 def save_best(session, saver, checkpoint_dir, record):
-    """Save the model with `saver` into <checkpoint_dir>/best, replacing the previous best, and
-    write `record` (step, accuracy, ...) beside it, atomically."""
-    directory = os.path.join(checkpoint_dir, BEST_DIR)
-    os.makedirs(directory, exist_ok=True)
-    path = saver.save(session, os.path.join(directory, 'model.ckpt'), record['step'],
-                      write_meta_graph=False)
-    record = dict(record, checkpoint=os.path.basename(path))
-    with open(os.path.join(directory, BEST_FILE + '.tmp'), 'w') as f:
-        json.dump(record, f, indent=1)
-    os.replace(os.path.join(directory, BEST_FILE + '.tmp'), os.path.join(directory, BEST_FILE))
+    """Save the model with `saver` (from best_saver) into <checkpoint_dir>/best, replacing the
+    previous best, and write `record` (step, accuracy, ...) beside it."""
+    path = saver.save(session, os.path.join(checkpoint_dir, BEST_DIR, 'model.ckpt'),
+                      record['step'], write_meta_graph=False)
+    write_best_record(checkpoint_dir, dict(record, checkpoint=os.path.basename(path)))
     return path
+
+
+def write_best_record(checkpoint_dir, record):
+    """Write <checkpoint_dir>/best/best.json atomically."""
+    path = os.path.join(checkpoint_dir, BEST_DIR, BEST_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + '.tmp', path)
 
 
 def load_best(checkpoint_dir):

@@ -8,7 +8,7 @@ Reads top to bottom: settings, data, model, loss, optimizer, session loop. Check
 files and settings.json (classes, image size, preprocessing) land in --checkpoint-dir; running
 the same command again resumes from the newest checkpoint, in the stage and at the point of the
 learning-rate schedule where it stopped. The weights with the best validation accuracy are kept
-in --checkpoint-dir/best, and curves.png shows loss, learning rate and accuracy at the end.
+in --checkpoint-dir/best; curves.png (loss, learning rate, accuracy) is drawn when a run ends.
 """
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
@@ -16,6 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ star
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -124,6 +125,10 @@ def parse_args(argv=None):
         p.error('--label-smoothing must be in [0, 1)')
     if args.early_stopping and not args.validate_every:
         p.error('--early-stopping needs --validate-every')
+    if args.head_steps and not scopes(args.exclude_scopes):
+        p.error('--head-steps trains the head, the --exclude-scopes: name them')
+    if args.head_steps and args.max_steps and args.max_steps <= args.head_steps:
+        p.error('--max-steps must be larger than --head-steps, or no step trains the rest')
     if args.image_size < 32:
         p.error('--image-size must be at least 32 (VGG19 halves it five times)')
     if not 0 < args.val_fraction < 1:
@@ -219,12 +224,16 @@ def run_settings(args, dataset, previous):
                 'global_pool': global_pool,
                 'preprocessing': data.preprocessing_settings(args.image_size),
                 'dataset': os.path.abspath(args.dataset), 'layout': dataset.layout,
-                'val_fraction': args.val_fraction, 'seed': args.seed}
+                'val_fraction': args.val_fraction, 'seed': args.seed,
+                'head_steps': args.head_steps}
     if previous is not None:
-        # The architecture follows from the image size, so comparing that covers it.
+        # The architecture follows from the image size, so comparing that covers it. The layout
+        # names a generated split's share and seed: another split would validate on images
+        # the model trained on. Keys a run of an older version did not record are not compared.
         for key, what in (('class_ids', 'classes'), ('image_size', 'image size'),
-                          ('preprocessing', 'preprocessing')):
-            if previous[key] != settings[key]:
+                          ('preprocessing', 'preprocessing'), ('layout', 'split'),
+                          ('head_steps', '--head-steps')):
+            if previous.get(key, settings[key]) != settings[key]:
                 raise model.SettingsError(
                     '%s holds a model trained with other %s (%s) than this run (%s): use a new '
                     '--checkpoint-dir' % (args.checkpoint_dir, what, _short(previous[key]),
@@ -310,15 +319,18 @@ class ValidationHook(tf.train.SessionRunHook):
             log.info('best accuracy so far: weights kept in %s',
                      os.path.join(self._dir, model.BEST_DIR))
             return False
-        if self._patience and step - best['step'] >= self._patience * self._every:
+        # The validations since the best, by step: a step redone after a restart counts once.
+        since = sorted({s for s in best.get('validated_since', []) + [step] if s > best['step']})
+        model.write_best_record(self._dir, dict(best, validated_since=since))
+        if self._patience and len(since) >= self._patience:
             log.info('early stopping: no better accuracy in %d validations since step %d (%.4f)',
-                     self._patience, best['step'], best['accuracy'])
+                     len(since), best['step'], best['accuracy'])
             return True
         return False
 
 
-def train(args, hooks=()):
-    """Train as `args` say; `hooks` are extra SessionRunHooks (e.g. of a program embedding this)."""
+def train(args, extra_hooks=()):
+    """Train as `args` say; `extra_hooks`: more SessionRunHooks, for a program embedding this."""
     # Settings and data
     if args.demo and not os.path.isdir(args.dataset):
         import demo
@@ -385,14 +397,19 @@ def train(args, hooks=()):
     if args.head_steps:
         stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
     train_ops = {}
-    for stage, var_list in sorted(stages.items()):
+    for stage, var_list in stages.items():  # main first: its names are a one-stage run's
         optimizer = OPTIMIZERS[args.optimizer](learning_rate, args,
                                                'head_' if stage == 'head' else '')
         update = optimizer.minimize(total_loss, global_step=global_step, var_list=var_list)
         with tf.control_dependencies([update]):
             train_ops[stage] = global_step.read_value()  # the step after the update
-    best_saver = tf.train.Saver(slim.get_model_variables() + [global_step], max_to_keep=1,
-                                save_relative_paths=True)
+    best_dir = os.path.join(args.checkpoint_dir, model.BEST_DIR)
+    if not latest and os.path.isdir(best_dir):
+        # The best of a model whose checkpoints are gone is not this run's: keep it aside.
+        shutil.rmtree(best_dir + '.previous', ignore_errors=True)
+        os.replace(best_dir, best_dir + '.previous')
+        log.warning('%s belonged to an earlier model: moved to %s.previous', best_dir, best_dir)
+    best_saver = model.best_saver(args.checkpoint_dir, slim.get_model_variables() + [global_step])
 
     # Session: the pretrained restore runs only when the directory holds no checkpoint yet
     init_fn = None
@@ -405,7 +422,7 @@ def train(args, hooks=()):
                  args.pretrained, args.exclude_scopes or 'nothing')
     else:
         log.info('starting from scratch: random initial weights')
-    for stage, var_list in sorted(stages.items()):
+    for stage, var_list in stages.items():
         log.info('%s stage trains %d of %d variables (%s)', stage, len(var_list),
                  len(tf.trainable_variables()),
                  'steps 0-%d' % args.head_steps if stage == 'head' else
@@ -417,7 +434,7 @@ def train(args, hooks=()):
              tf.train.SummarySaverHook(save_steps=last_step + 1, output_dir=args.checkpoint_dir,
                                        summary_op=inputs_summary),
              ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
-                            best_saver, args.early_stopping)] + list(hooks)
+                            best_saver, args.early_stopping)] + list(extra_hooks)
     # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
     nan_guard = [tf.train.NanTensorHook(total_loss)]
     scaffold = tf.train.Scaffold(init_fn=init_fn)
@@ -435,7 +452,7 @@ def train(args, hooks=()):
         step, stage = session.run_step_fn(
             lambda step_context: step_context.session.run(global_step)), None
         try:
-            while not session.should_stop():
+            while step < last_step and not session.should_stop():
                 now, rate = stage_at(step, args, last_step)
                 if now != stage:
                     log.info('%s stage from step %d', now, step)

@@ -190,12 +190,14 @@ def test_best_checkpoint_bookkeeping(tmp_path):
         model.find_checkpoint(directory, 'best')
     assert model.load_best(directory) is None
     weight = tf.Variable(1.0)
-    saver = tf.train.Saver([weight], max_to_keep=1)
     with tf.Session() as session:
         session.run(weight.initializer)
-        model.save_best(session, saver, directory, {'step': 10, 'accuracy': 0.5})
+        model.save_best(session, model.best_saver(directory, [weight]), directory,
+                        {'step': 10, 'accuracy': 0.5})
         session.run(weight.assign(2.0))
-        model.save_best(session, saver, directory, {'step': 20, 'accuracy': 0.75})
+        # a new saver, as after a restart, still replaces the best that is there
+        model.save_best(session, model.best_saver(directory, [weight]), directory,
+                        {'step': 20, 'accuracy': 0.75})
     assert model.load_best(directory) == {'step': 20, 'accuracy': 0.75,
                                           'checkpoint': 'model.ckpt-20'}
     best = model.find_checkpoint(directory, 'best')
@@ -207,6 +209,15 @@ def test_best_checkpoint_bookkeeping(tmp_path):
         model.find_checkpoint(directory, 'latest')
     with pytest.raises(model.SettingsError, match='no checkpoint nowhere'):
         model.find_checkpoint(directory, 'nowhere')
+
+
+def test_settings_of_other_preprocessing_are_refused(tmp_path):
+    settings = {'class_ids': ['a'], 'class_names': ['a'], 'image_size': 32,
+                'fc_conv_padding': 'SAME', 'global_pool': True, 'preprocessing': {'name': 'old'}}
+    model.save_settings(str(tmp_path), settings)
+    assert model.load_settings(str(tmp_path)) == settings
+    with pytest.raises(model.SettingsError, match='other preprocessing'):
+        model.load_settings(str(tmp_path), lambda size: {'name': 'vgg'})
 
 
 def test_a_checkpoint_that_does_not_fit_is_a_settings_error(tmp_path):

@@ -92,6 +92,17 @@ def test_each_optimizer_takes_the_fed_learning_rate(name, first_step):
                                    rtol=1e-4)
 
 
+def test_momentum_carries_the_previous_step():
+    w = tf.Variable(1.0)
+    update = train.OPTIMIZERS['momentum'](0.1, argparse.Namespace(momentum=0.9), '').minimize(
+        w * 2.0)  # gradient 2 at every step
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        session.run(update)
+        session.run(update)
+        assert session.run(w) == pytest.approx(1.0 - 0.1 * 2 - 0.1 * (0.9 * 2 + 2))
+
+
 def test_balanced_class_weights():
     weights = train.class_weights([0, 0, 0, 1, 2, 2], 4)
     np.testing.assert_allclose(weights, [6 / 9, 2.0, 1.0, 0.0])
@@ -114,6 +125,8 @@ def test_recipe_defaults():
     (['--label-smoothing', '1'], '--label-smoothing must be in [0, 1)'),
     (['--head-steps', '-1'], '--head-steps must not be negative'),
     (['--head-learning-rate', '0'], 'must be positive'),
+    (['--head-steps', '5', '--exclude-scopes', ''], '--head-steps trains the head'),
+    (['--head-steps', '5', '--max-steps', '5'], '--max-steps must be larger than --head-steps'),
 ])
 def test_bad_flags_are_one_line_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit:
@@ -169,6 +182,9 @@ def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog
     assert 'vgg_19/fc8/weights/Momentum' in saved
     assert 'vgg_19/fc7/weights/Momentum' not in saved  # frozen: no slots
     assert 'step 5/5' in caplog.text and 'step 1/' not in caplog.text
+    # The same command again: the run is over, no step more.
+    assert train.main(flags + ['--max-steps', '5']) == 0
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-5')
 
     # Resuming with more variables to train (the last flag given wins) needs momentum slots the
     # checkpoint lacks.
@@ -190,6 +206,8 @@ def test_resume_with_other_settings_is_refused(photo_dataset, tmp_path, capsys):
     assert train.model.load_settings(out)['class_ids'] == ['astronaut', 'camera', 'coffee']
     assert train.main(flags + ['--image-size', '64']) == 2
     assert 'other image size (32)' in capsys.readouterr().err
+    assert train.main(flags + ['--val-fraction', '0.5']) == 2
+    assert 'other split (class folders, split 20%' in capsys.readouterr().err
 
 
 def _cli(*args):
@@ -373,7 +391,8 @@ def test_early_stopping_after_validations_without_progress(photo_dataset, tmp_pa
     flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
              '--image-size', '32', '--batch-size', '4', '--trainable-scopes', 'vgg_19/fc8',
              '--learning-rate', '1e-15', '--end-learning-rate', '1e-15', '--schedule',
-             'constant', '--validate-every', '1', '--early-stopping', '2', '--max-steps', '20']
+             'constant', '--validate-every', '1', '--early-stopping', '2', '--max-steps', '20',
+             '--label-smoothing', '0.1', '--class-weights', 'balanced']
     assert train.main(flags) == 0
     assert 'early stopping: no better accuracy in 2 validations since step 1' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-3')
