@@ -255,7 +255,7 @@ def read_scalars(directory, tags):
                         if old is None or old[0] <= event.wall_time:
                             points[value.tag][event.step] = (event.wall_time, value.simple_value)
         except tf.errors.DataLossError:
-            pass  # a file cut off while being written: keep what came before the cut
+            continue  # a file cut off while being written: keep what came before the cut
     tf.get_logger().setLevel(level)
     return {tag: (sorted(p), [p[s][1] for s in sorted(p)]) for tag, p in points.items() if p}
 
