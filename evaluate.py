@@ -324,12 +324,8 @@ def parse_args(argv=None):
 
 def evaluate(args):
     """Run the evaluation that `args` asks for; returns the report (a dict)."""
-    settings = model.load_settings(args.checkpoint_dir, data.preprocessing_settings)
-    if settings is None:
-        raise model.SettingsError('%s holds no trained model (no settings.json): train one with '
-                                  'train.py --checkpoint-dir %s'
-                                  % (args.checkpoint_dir, args.checkpoint_dir))
-    checkpoint = model.find_checkpoint(args.checkpoint_dir, args.checkpoint)
+    settings, checkpoint = model.trained_model(args.checkpoint_dir, args.checkpoint,
+                                               data.preprocessing_settings)
     root = args.dataset or settings.get('dataset')
     if not root or not os.path.isdir(root):
         raise data.DatasetError('dataset %s not found: pass --dataset' % root)

@@ -83,12 +83,8 @@ class Predictor:
     """A checkpoint directory loaded once: preprocess images, then predict them in batches."""
 
     def __init__(self, checkpoint_dir, checkpoint='latest'):
-        settings = model.load_settings(checkpoint_dir, data.preprocessing_settings)
-        if settings is None:
-            raise model.SettingsError('%s holds no trained model (no settings.json): train one '
-                                      'with train.py --checkpoint-dir %s'
-                                      % (checkpoint_dir, checkpoint_dir))
-        checkpoint = model.find_checkpoint(checkpoint_dir, checkpoint)
+        settings, checkpoint = model.trained_model(checkpoint_dir, checkpoint,
+                                                   data.preprocessing_settings)
         self.settings, self.checkpoint = settings, checkpoint
         size = settings['image_size']
         graph = tf.Graph()

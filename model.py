@@ -268,6 +268,16 @@ def load_best(checkpoint_dir):
         return None  # no validation yet, or a damaged record: the next validation writes one
 
 
+def trained_model(checkpoint_dir, which='latest', preprocessing=None):
+    """(settings, checkpoint prefix) of a trained model in `checkpoint_dir`, for evaluation and
+    inference; `which` and `preprocessing` as in find_checkpoint and load_settings."""
+    settings = load_settings(checkpoint_dir, preprocessing)
+    if settings is None:
+        raise SettingsError('%s holds no trained model (no settings.json): train one with '
+                            'train.py --checkpoint-dir %s' % (checkpoint_dir, checkpoint_dir))
+    return settings, find_checkpoint(checkpoint_dir, which)
+
+
 def restore(saver, session, checkpoint):
     """saver.restore, with a checkpoint that does not fit the model (or is damaged) turned into
     a SettingsError naming it."""
