@@ -2,9 +2,10 @@
 
     python inference.py img.jpg [more.png photos/ ...] [--checkpoint-dir D] [--checkpoint best]
                         [--top-k 5] [--json]
+    python inference.py --saved-model models/food/1 img.jpg    # what export.py wrote
 
 Everything the model needs (classes, display names, image size, preprocessing) is read from the
-settings.json that training wrote beside the checkpoints.
+settings.json that training wrote beside the checkpoints (and export.py into the SavedModel).
 """
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
@@ -21,6 +22,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import tf_slim as slim  # noqa: E402
 
 import data  # noqa: E402
+import export  # noqa: E402
 import model  # noqa: E402
 
 READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
@@ -35,6 +37,8 @@ def parse_args(argv=None):
                    help='what train.py wrote: checkpoints and settings.json')
     p.add_argument('--checkpoint', default='latest',
                    help="'latest', 'best' (the best validation accuracy), or a checkpoint path")
+    p.add_argument('--saved-model', metavar='DIR',
+                   help='predict with a SavedModel from export.py instead of a checkpoint')
     p.add_argument('--top-k', type=int, default=5, help='how many classes to print per image')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--max-pixels', type=float, default=50e6,
@@ -104,8 +108,36 @@ class Predictor:
         return self._session.run(self._preprocessed, {self._image: image})
 
     def probabilities(self, inputs):
-        """Network inputs [n, size, size, 3] -> class probabilities [n, classes]."""
-        return self._session.run(self._probabilities, {self._batch: inputs})
+        """Network inputs (from preprocess) -> class probabilities [n, classes]."""
+        return self._session.run(self._probabilities, {self._batch: np.stack(inputs)})
+
+
+class SavedModelPredictor:
+    """A SavedModel from export.py, used like a Predictor: its preprocessing is in its graph."""
+
+    def __init__(self, saved_model_dir):
+        self.settings = export.load_settings(saved_model_dir)
+        self._session = tf.Session(graph=tf.Graph())
+        try:
+            with self._session.graph.as_default():
+                meta_graph = tf.saved_model.loader.load(
+                    self._session, [tf.saved_model.tag_constants.SERVING], saved_model_dir)
+        except (tf.errors.OpError, RuntimeError, OSError) as e:
+            raise model.SettingsError('cannot load SavedModel %s: %s'
+                                      % (saved_model_dir, str(e).splitlines()[0][:200]))
+        signature = meta_graph.signature_def[export.PIXELS_SIGNATURE]
+        self._pixels = signature.inputs['pixels'].name
+        self._probabilities = signature.outputs['probabilities'].name
+
+    def preprocess(self, image):
+        """RGB uint8 [h, w, 3] as it is: the SavedModel preprocesses it."""
+        return image
+
+    def probabilities(self, images):
+        """RGB images (any sizes) -> class probabilities [n, classes], one image a run."""
+        return np.concatenate([self._session.run(self._probabilities,
+                                                 {self._pixels: image[None].astype(np.float32)})
+                               for image in images])
 
 
 def top_k(probabilities, settings, k):
@@ -146,7 +178,7 @@ def predict(predictor, paths, args):
                 message = str(e).splitlines()[0] if str(e) else type(e).__name__
                 report(path, None, 'cannot read image: %s' % message, args.json)
         if good:
-            for path, probabilities in zip(good, predictor.probabilities(np.stack(inputs))):
+            for path, probabilities in zip(good, predictor.probabilities(inputs)):
                 report(path, top_k(probabilities, predictor.settings, args.top_k), None, args.json)
     return failures
 
@@ -160,7 +192,8 @@ def main(argv=None):
         print('inference.py: error: no images in %s' % ' '.join(args.images), file=sys.stderr)
         return 2
     try:
-        predictor = Predictor(args.checkpoint_dir, args.checkpoint)
+        predictor = (SavedModelPredictor(args.saved_model) if args.saved_model else
+                     Predictor(args.checkpoint_dir, args.checkpoint))
     except model.SettingsError as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2

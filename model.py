@@ -2,11 +2,19 @@
 
 The variable names follow the public checkpoint `vgg_19.ckpt` (vgg_19/conv1/conv1_1/weights ...
 vgg_19/fc8/biases), so it restores as it is; the fully connected layers are convolutions.
+
+    python model.py convert-keras vgg19_weights_tf_dim_ordering_tf_kernels.h5 data/vgg_19_keras.ckpt
+
+turns Keras' VGG19 ImageNet weights into such a checkpoint, for train.py --pretrained.
 """
+import argparse
 import json
 import os
+import sys
 import warnings
 
+import h5py
+import numpy as np
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
@@ -305,3 +313,121 @@ def find_checkpoint(checkpoint_dir, which='latest'):
                  else 'checkpoint %s' % which)
         raise SettingsError('no %s: %s' % (where, hint))
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras' VGG19 ImageNet weights (vgg19_weights_tf_dim_ordering_tf_kernels.h5) as a slim checkpoint.
+
+KERAS_BLOCKS = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))  # (block, convolutions in it)
+KERAS_TO_SLIM = dict(
+    [('block%d_conv%d' % (b, i), 'vgg_19/conv%d/conv%d_%d' % (b, b, i))
+     for b, n in KERAS_BLOCKS for i in range(1, n + 1)]
+    + [('fc1', 'vgg_19/fc6'), ('fc2', 'vgg_19/fc7'), ('predictions', 'vgg_19/fc8')])
+
+
+def read_keras_h5(path):
+    """{layer name: (kernel, bias)} of Keras' VGG19 from a Keras HDF5 file: the published weights
+    file, or a whole model saved with model.save('x.h5'). Raises CheckpointError."""
+    if not os.path.isfile(path):
+        raise CheckpointError('Keras weights file %s not found' % path)
+    try:
+        with h5py.File(path, 'r') as f:
+            group = f['model_weights'] if 'model_weights' in f else f
+            if 'layer_names' not in group.attrs:
+                raise CheckpointError('%s is not a Keras HDF5 weights file (no layer_names); a '
+                                      'Keras 3 .weights.h5 can be re-saved with model.save('
+                                      '"model.h5")' % path)
+            layers = {}
+            for layer in KERAS_TO_SLIM:
+                if layer not in group:
+                    raise CheckpointError('%s has no layer %s; is it Keras VGG19 with its top '
+                                          '(include_top=True)?' % (path, layer))
+                # Keras stores a layer's weights in order (kernel, bias); their names vary
+                # between Keras versions.
+                names = [n.decode() if isinstance(n, bytes) else n
+                         for n in group[layer].attrs['weight_names']]
+                layers[layer] = tuple(np.asarray(group[layer][n]) for n in names)
+    except (OSError, KeyError) as e:
+        raise CheckpointError('cannot read %s as Keras HDF5 weights: %s'
+                              % (path, str(e).splitlines()[0]))
+    return layers
+
+
+def keras_to_slim(layers):
+    """Keras VGG19 weights ({layer: (kernel, bias)}) -> {slim variable name: array}.
+
+    The convolutions are the same HWIO arrays; the first one's input channels go from Keras'
+    BGR to RGB. fc1, fc2 and predictions become the convolutions fc6 (7x7), fc7 and fc8 (1x1):
+    Keras flattens pool5 in (height, width, channel) order, which is the kernel's own order.
+    """
+    variables = {}
+    for layer, scope in KERAS_TO_SLIM.items():
+        if len(layers[layer]) != 2:
+            raise CheckpointError('Keras layer %s has %d weights, not a kernel and a bias'
+                                  % (layer, len(layers[layer])))
+        kernel, bias = layers[layer]
+        if layer == 'block1_conv1':
+            kernel = kernel[:, :, ::-1, :]
+        elif kernel.ndim == 2:
+            inputs, outputs = kernel.shape
+            side = 7 if layer == 'fc1' else 1
+            if inputs % (side * side):
+                raise CheckpointError('Keras layer %s has kernel %s, not a VGG19 one'
+                                      % (layer, kernel.shape))
+            kernel = kernel.reshape(side, side, inputs // (side * side), outputs)
+        variables[scope + '/weights'] = np.ascontiguousarray(kernel, np.float32)
+        variables[scope + '/biases'] = np.asarray(bias, np.float32)
+    return variables
+
+
+def write_checkpoint(variables, path):
+    """Save {name: array} as a TF checkpoint with prefix `path` (no `checkpoint` state file, so
+    no directory's own checkpoints are touched); refuses to overwrite one."""
+    if os.path.exists(path + '.index'):
+        raise CheckpointError('%s.index already exists: pick another output path' % path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with tf.Graph().as_default():
+        # Variables filled through feeds: 575 MB of weights as graph constants would not fit.
+        saved = {name: tf.get_variable(name, value.shape, tf.float32,
+                                       initializer=tf.zeros_initializer())
+                 for name, value in variables.items()}
+        with tf.Session() as session:
+            for name, variable in saved.items():
+                variable.load(variables[name], session)
+            tf.train.Saver(saved).save(session, path, write_meta_graph=False, write_state=False)
+    return path
+
+
+def convert_keras(h5_path, out_path):
+    """Keras' VGG19 weights file -> a slim checkpoint for train.py --pretrained."""
+    variables = keras_to_slim(read_keras_h5(h5_path))
+    if variables['vgg_19/conv1/conv1_1/weights'].shape != (3, 3, 3, 64):
+        raise CheckpointError('%s does not hold VGG19 weights (block1_conv1 kernel %s)'
+                              % (h5_path, variables['vgg_19/conv1/conv1_1/weights'].shape))
+    return write_checkpoint(variables, out_path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description='VGG19 model tools.')
+    commands = p.add_subparsers(dest='command', required=True)
+    convert = commands.add_parser(
+        'convert-keras', help="Keras' VGG19 .h5 weights -> a slim checkpoint for --pretrained")
+    convert.add_argument('weights', help='e.g. vgg19_weights_tf_dim_ordering_tf_kernels.h5')
+    convert.add_argument('out', help='checkpoint prefix to write, e.g. data/vgg_19_keras.ckpt')
+    args = p.parse_args(argv)
+    tf.get_logger().setLevel('ERROR')
+    tf.disable_eager_execution()
+    try:
+        print('wrote %s' % convert_keras(args.weights, args.out))
+    except CheckpointError as e:
+        print('model.py: error: %s' % e, file=sys.stderr)
+        return 2
+    except (OSError, tf.errors.OpError) as e:
+        print('model.py: error: cannot write %s: %s' % (args.out, str(e).splitlines()[0]),
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,13 +1,19 @@
 """model.py: slim's VGG19, its small-input option, weight decay, and the pretrained restore."""
 import glob
 import os
+import subprocess
+import sys
 
+import h5py
 import numpy as np
+import PIL.Image
 import pytest
+import skimage.data
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 from tf_slim.nets import vgg as slim_vgg
 
+import data
 import model
 
 SLIM_NAMES = (['vgg_19/conv%d/conv%d_%d/%s' % (b, b, i, k)
@@ -230,3 +236,127 @@ def test_a_checkpoint_that_does_not_fit_is_a_settings_error(tmp_path):
     with tf.Session() as session:
         with pytest.raises(model.SettingsError, match='cannot restore .*model.ckpt: '):
             model.restore(tf.train.Saver([weight]), session, path)
+
+
+# Keras runs in a process of its own: Keras 3 needs eager mode, these tests run in graph mode.
+KERAS_VGG19 = """
+import sys
+import numpy as np
+from keras.applications import vgg19
+net = vgg19.VGG19(weights=None)
+# He-scaled random weights: with Keras' Glorot ones the signal fades through 19 layers and every
+# class gets ~1/1000, which any conversion would match. The small last layer keeps the softmax
+# from saturating to one-hot, which would hide errors too.
+rng = np.random.RandomState(0)
+weights = []
+for w in net.get_weights():
+    scale = np.sqrt(2.0 / np.prod(w.shape[:-1])) if w.ndim > 1 else 0.1
+    weights.append(rng.normal(0, scale * (0.01 if w.shape == (4096, 1000) else 1), w.shape))
+net.set_weights([w.astype(np.float32) for w in weights])
+net.save(sys.argv[1])
+images = np.load(sys.argv[2])
+np.save(sys.argv[3], net.predict(vgg19.preprocess_input(images.copy()), verbose=0))
+"""
+
+
+def _photos_224():
+    photos = [PIL.Image.fromarray(getattr(skimage.data, name)()).convert('RGB')
+              for name in ('astronaut', 'coffee', 'chelsea', 'rocket')]
+    return np.stack([np.asarray(p.resize((224, 224), PIL.Image.BILINEAR)) for p in photos]
+                    ).astype(np.float32)
+
+
+def _published_layout(keras_h5, path):
+    """The layout of vgg19_weights_tf_dim_ordering_tf_kernels.h5: layers at the top, weights
+    under Keras-1 names."""
+    with h5py.File(keras_h5, 'r') as src, h5py.File(path, 'w') as dst:
+        weights = src['model_weights']
+        dst.attrs['layer_names'] = weights.attrs['layer_names']
+        for layer in weights.attrs['layer_names']:
+            group = dst.create_group(layer)
+            names = []
+            for name, key in zip(weights[layer].attrs['weight_names'], ('W', 'b')):
+                names.append('%s_%s_1:0' % (layer, key))
+                group.create_dataset(names[-1], data=weights[layer][name][()])
+            group.attrs['weight_names'] = names
+
+
+def _slim_probabilities(checkpoint, images):
+    with tf.Graph().as_default():
+        inputs = tf.placeholder(tf.float32, [None, 224, 224, 3])
+        logits, _ = model.vgg_19(data._subtract_means(inputs), num_classes=1000,
+                                 is_training=False)
+        probabilities = tf.nn.softmax(logits)
+        with tf.Session() as session:
+            tf.train.Saver(slim.get_model_variables()).restore(session, checkpoint)
+            return session.run(probabilities, {inputs: images})
+
+
+@pytest.mark.slow
+def test_converted_keras_weights_predict_as_keras(tmp_path):
+    images = _photos_224()
+    np.save(tmp_path / 'images.npy', images)
+    keras_h5 = str(tmp_path / 'keras.h5')
+    subprocess.run([sys.executable, '-c', KERAS_VGG19, keras_h5, str(tmp_path / 'images.npy'),
+                    str(tmp_path / 'keras.npy')], check=True, timeout=600)
+    expected = np.load(tmp_path / 'keras.npy')
+    assert expected.max() > 0.05 and len(set(expected.argmax(1))) > 1  # a real comparison
+
+    checkpoint = model.convert_keras(keras_h5, str(tmp_path / 'slim' / 'vgg_19.ckpt'))
+    os.remove(keras_h5)
+    shapes = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
+    assert sorted(shapes) == sorted(SLIM_NAMES)
+    assert shapes['vgg_19/fc6/weights'] == [7, 7, 512, 4096]
+    ours = _slim_probabilities(checkpoint, images)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    np.testing.assert_array_equal(ours.argmax(1), expected.argmax(1))
+    # The test would see a missed channel swap: BGR pixels give other probabilities.
+    assert np.abs(_slim_probabilities(checkpoint, images[..., ::-1]) - expected).max() > 1e-3
+    # And the checkpoint is a --pretrained one: everything but the head restores.
+    with tf.Graph().as_default():
+        model.vgg_19(tf.placeholder(tf.float32, [1, 224, 224, 3]), num_classes=7)
+        assert model.pretrained_init_fn(checkpoint) is not None
+
+
+def test_published_keras_layout_converts_like_a_saved_model(tmp_path):
+    """Both Keras HDF5 layouts give the same variables (a small stand-in for VGG19's layers)."""
+    rng = np.random.RandomState(0)
+    shapes = [('block%d_conv%d' % (b, i), (3, 3, 3 if (b, i) == (1, 1) else 4, 4))
+              for b, n in model.KERAS_BLOCKS for i in range(1, n + 1)]
+    shapes += [('fc1', (7 * 7 * 4, 5)), ('fc2', (5, 5)), ('predictions', (5, 3))]
+    layers = {layer: (rng.rand(*shape).astype(np.float32), rng.rand(shape[-1]).astype(np.float32))
+              for layer, shape in shapes}
+    saved = tmp_path / 'saved.h5'
+    with h5py.File(saved, 'w') as f:
+        group = f.create_group('model_weights')
+        group.attrs['layer_names'] = ['input_layer'] + list(layers)
+        group.create_group('input_layer').attrs['weight_names'] = []
+        for layer, (kernel, bias) in layers.items():
+            group[layer + '/' + layer + '/kernel'] = kernel
+            group[layer + '/' + layer + '/bias'] = bias
+            group[layer].attrs['weight_names'] = [layer + '/kernel', layer + '/bias']
+    _published_layout(saved, tmp_path / 'published.h5')
+    converted = [model.keras_to_slim(model.read_keras_h5(str(tmp_path / name)))
+                 for name in ('saved.h5', 'published.h5')]
+    for name in SLIM_NAMES:
+        np.testing.assert_array_equal(converted[0][name], converted[1][name])
+    first = converted[0]['vgg_19/conv1/conv1_1/weights']
+    np.testing.assert_array_equal(first[:, :, 0], layers['block1_conv1'][0][:, :, 2])  # R <- B
+    fc6 = converted[0]['vgg_19/fc6/weights']
+    assert fc6.shape == (7, 7, 4, 5)
+    # Keras flattens (height, width, channel): row h*7*4 + w*4 + c is tap (h, w), channel c.
+    np.testing.assert_array_equal(fc6[2, 5, 1], layers['fc1'][0][2 * 28 + 5 * 4 + 1])
+    assert converted[0]['vgg_19/fc8/weights'].shape == (1, 1, 5, 3)
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, 'not found'), (b'not hdf5', 'cannot read'), ('empty', 'no layer_names')])
+def test_convert_keras_refuses_what_is_not_keras_vgg19(tmp_path, content, message):
+    path = tmp_path / 'weights.h5'
+    if content == 'empty':
+        h5py.File(path, 'w').close()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(model.CheckpointError, match=message):
+        model.convert_keras(str(path), str(tmp_path / 'out.ckpt'))
+    assert not glob.glob(str(tmp_path / 'out.ckpt*'))

@@ -1,0 +1,140 @@
+"""Export a trained model as a SavedModel, for TF Serving or tf.saved_model.load.
+
+    python export.py OUT_DIR [--checkpoint-dir D] [--checkpoint latest|best|PATH] [--top-k 5]
+
+TF Serving loads numbered versions: export to models/<name>/1, then models/<name>/2, ...
+The SavedModel carries everything a client needs: the preprocessing (the same eval
+preprocessing as validation and inference.py), the weights, and the class ids and display names.
+Two signatures, with the same outputs:
+
+  serving_default  images: string [batch]   encoded JPEG, PNG, GIF (first frame) or BMP files
+  pixels           pixels: float32 [batch, height, width, 3]   RGB values 0..255, any size
+
+  outputs  probabilities [batch, classes], scores [batch, k] (the top k probabilities),
+           classes [batch, k] (their class indices), class_ids and labels [batch, k] (strings)
+
+The settings record travels too, in OUT_DIR/assets.extra/settings.json.
+"""
+import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+import tf_slim as slim  # noqa: E402
+
+import data  # noqa: E402
+import model  # noqa: E402
+
+BYTES_SIGNATURE = 'serving_default'
+PIXELS_SIGNATURE = 'pixels'
+EXTRA_DIR = 'assets.extra'  # TF Serving's place for files that are not part of the graph
+
+
+def serving_outputs(inputs, settings, top_k):
+    """The signature outputs for network `inputs` [batch, size, size, 3] (variables reused)."""
+    logits, _ = model.classifier(inputs, settings, is_training=False, reuse=tf.AUTO_REUSE)
+    probabilities = tf.nn.softmax(logits)
+    scores, classes = tf.nn.top_k(probabilities, min(top_k, len(settings['class_ids'])))
+    return {'probabilities': probabilities, 'scores': scores, 'classes': classes,
+            'class_ids': tf.gather(tf.constant(settings['class_ids']), classes),
+            'labels': tf.gather(tf.constant(settings['class_names']), classes)}
+
+
+def _each(preprocess, batch, size):
+    return tf.map_fn(preprocess, batch, back_prop=False,
+                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+
+def build_signatures(settings, top_k):
+    """Both serving signatures in the default graph, sharing one set of variables."""
+    size = settings['image_size']
+    images = tf.placeholder(tf.string, [None], name='images')
+    pixels = tf.placeholder(tf.float32, [None, None, None, 3], name='pixels')
+    from_bytes = _each(lambda b: data.preprocess_for_eval(data.decode_image(b), size),
+                       images, size)
+    from_pixels = _each(lambda p: data.preprocess_for_eval(p, size), pixels, size)
+    predict = tf.saved_model.signature_def_utils.predict_signature_def
+    return {BYTES_SIGNATURE: predict({'images': images},
+                                     serving_outputs(from_bytes, settings, top_k)),
+            PIXELS_SIGNATURE: predict({'pixels': pixels},
+                                      serving_outputs(from_pixels, settings, top_k))}
+
+
+def export(checkpoint_dir, out_dir, which='latest', top_k=5):
+    """Write the SavedModel of `checkpoint_dir`'s `which` checkpoint into `out_dir` (which must
+    not exist yet); returns the checkpoint exported. A failed export leaves nothing behind."""
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise model.SettingsError('%s already exists and is not empty: export to a new '
+                                  'directory (TF Serving: the next version number)' % out_dir)
+    settings, checkpoint = model.trained_model(checkpoint_dir, which, data.preprocessing_settings)
+    staging = out_dir.rstrip('/') + '.partial'
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier export that was cut off
+    try:
+        with tf.Graph().as_default() as graph:
+            signatures = build_signatures(settings, top_k)
+            saver = tf.train.Saver(slim.get_model_variables())
+            with tf.Session(graph=graph) as session:
+                model.restore(saver, session, checkpoint)
+                builder = tf.saved_model.Builder(staging)
+                builder.add_meta_graph_and_variables(
+                    session, [tf.saved_model.tag_constants.SERVING],
+                    signature_def_map=signatures, strip_default_attrs=True)
+                builder.save()
+        model.save_settings(os.path.join(staging, EXTRA_DIR), settings)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return checkpoint
+
+
+def load_settings(saved_model_dir):
+    """The settings record exported with a SavedModel."""
+    settings = model.load_settings(os.path.join(saved_model_dir, EXTRA_DIR),
+                                   data.preprocessing_settings)
+    if settings is None:
+        raise model.SettingsError('%s is not a SavedModel written by export.py (no %s/%s)'
+                                  % (saved_model_dir, EXTRA_DIR, model.SETTINGS_FILE))
+    return settings
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Export a trained VGG19 as a SavedModel.',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('out_dir', metavar='OUT_DIR',
+                   help='a new directory, e.g. models/food/1 (TF Serving wants a version number)')
+    p.add_argument('--checkpoint-dir', default='checkpoints/vgg19_food',
+                   help='what train.py wrote: checkpoints and settings.json')
+    p.add_argument('--checkpoint', default='latest',
+                   help="'latest', 'best' (the best validation accuracy), or a checkpoint path")
+    p.add_argument('--top-k', type=int, default=5, help='how many classes the outputs rank')
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error('--top-k must be at least 1')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tf.get_logger().setLevel(logging.ERROR)
+    tf.disable_eager_execution()
+    try:
+        checkpoint = export(args.checkpoint_dir, args.out_dir, args.checkpoint, args.top_k)
+    except model.SettingsError as e:
+        print('export.py: error: %s' % e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print('export.py: error: cannot write %s: %s' % (args.out_dir, e.strerror or e),
+              file=sys.stderr)
+        return 2
+    print('exported %s to %s' % (checkpoint, args.out_dir))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

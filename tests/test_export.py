@@ -1,0 +1,115 @@
+"""export.py: a SavedModel that predicts as the checkpoint does, from bytes or from pixels."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import export
+import inference
+import model
+from conftest import ROOT
+from test_inference import _image_files
+
+# The way TF Serving and TF2 users load it: eager, tf.saved_model.load, the named signatures.
+LOAD_IN_TF2 = """
+import sys
+import numpy as np
+import PIL.Image
+import tensorflow as tf
+saved = tf.saved_model.load(sys.argv[1])
+images = [open(p, 'rb').read() for p in sys.argv[3:]]
+out = {'bytes_' + k: v.numpy()
+       for k, v in saved.signatures['serving_default'](images=tf.constant(images)).items()}
+pixels = np.asarray(PIL.Image.open(sys.argv[3]).convert('RGB'), np.float32)[None]
+out.update({'pixels_' + k: v.numpy()
+            for k, v in saved.signatures['pixels'](pixels=tf.constant(pixels)).items()})
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.fixture(scope='module')
+def saved_model(checkpoint_dir, tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp('export') / '1')
+    assert export.export(checkpoint_dir, directory) == model.find_checkpoint(checkpoint_dir)
+    return directory
+
+
+@pytest.mark.slow
+def test_saved_model_predicts_as_the_checkpoint(tmp_path, checkpoint_dir, saved_model):
+    paths = _image_files(str(tmp_path))  # JPEG (RGB, gray, CMYK), PNG (alpha, 16 bit), GIF, BMP
+    images = [inference.read_rgb(p, 50e6) for p in paths]
+    checkpoint = inference.Predictor(checkpoint_dir)
+    expected = checkpoint.probabilities([checkpoint.preprocess(i) for i in images])
+    assert expected.max(1).min() < 0.999  # not saturated: the comparison can fail
+    exported = inference.SavedModelPredictor(saved_model)
+    assert exported.settings == checkpoint.settings
+    ours = exported.probabilities([exported.preprocess(i) for i in images])
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_tf2_loads_both_signatures_with_class_names_inside(tmp_path, checkpoint_dir,
+                                                           saved_model):
+    paths = _image_files(str(tmp_path))
+    jpeg_and_png = [p for p in paths if p.endswith(('photo.jpg', 'alpha.png', 'gray.jpg'))]
+    subprocess.run([sys.executable, '-c', LOAD_IN_TF2, saved_model, str(tmp_path / 'out.npz')]
+                   + jpeg_and_png, check=True, timeout=300)
+    out = np.load(tmp_path / 'out.npz', allow_pickle=True)
+    checkpoint = inference.Predictor(checkpoint_dir)
+    expected = checkpoint.probabilities([checkpoint.preprocess(inference.read_rgb(p, 50e6))
+                                         for p in jpeg_and_png])
+    np.testing.assert_allclose(out['bytes_probabilities'], expected, atol=1e-5)
+    np.testing.assert_allclose(out['pixels_probabilities'], expected[:1], atol=1e-5)
+    settings = checkpoint.settings
+    order = np.argsort(-expected, axis=1, kind='stable')
+    np.testing.assert_array_equal(out['bytes_classes'], order)
+    np.testing.assert_allclose(out['bytes_scores'], np.sort(expected)[:, ::-1], atol=1e-5)
+    names = np.array(settings['class_names'])[order]
+    assert [[n.decode() for n in row] for row in out['bytes_labels']] == names.tolist()
+    ids = np.array(settings['class_ids'])[order]
+    assert [[n.decode() for n in row] for row in out['bytes_class_ids']] == ids.tolist()
+
+
+@pytest.mark.slow
+def test_inference_cli_with_saved_model_prints_what_the_checkpoint_does(tmp_path, checkpoint_dir,
+                                                                        saved_model):
+    paths = _image_files(str(tmp_path))
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, 'inference.py'), '--json']
+                                + list(args) + paths, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+    for a, b in zip(cli('--saved-model', saved_model), cli('--checkpoint-dir', checkpoint_dir)):
+        assert a['image'] == b['image']
+        assert [p['class'] for p in a['predictions']] == [p['class'] for p in b['predictions']]
+        np.testing.assert_allclose([p['probability'] for p in a['predictions']],
+                                   [p['probability'] for p in b['predictions']], atol=1e-5)
+
+
+def test_export_refuses_a_used_directory_and_a_missing_model(tmp_path, checkpoint_dir):
+    used = tmp_path / 'models' / '1'
+    used.mkdir(parents=True)
+    (used / 'saved_model.pb').write_bytes(b'earlier version')
+    with pytest.raises(model.SettingsError, match='already exists and is not empty'):
+        export.export(checkpoint_dir, str(used))
+    assert (used / 'saved_model.pb').read_bytes() == b'earlier version'
+    with pytest.raises(model.SettingsError, match='holds no trained model'):
+        export.export(str(tmp_path / 'nothing'), str(tmp_path / 'models' / '2'))
+    assert sorted(os.listdir(tmp_path / 'models')) == ['1']
+    with pytest.raises(model.SettingsError, match='not a SavedModel written by export.py'):
+        export.load_settings(str(used))
+
+
+@pytest.mark.slow
+def test_export_cli_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'export.py'), '--checkpoint-dir',
+                             str(tmp_path / 'nothing'), str(tmp_path / 'out')],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith('export.py: error: ')
+    assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'out')
