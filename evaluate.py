@@ -299,10 +299,7 @@ def plot_curves(checkpoint_dir):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Evaluate a trained VGG19 on a dataset split.',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--checkpoint-dir', default='checkpoints/vgg19_food',
-                   help='what train.py wrote: checkpoints and settings.json')
-    p.add_argument('--checkpoint', default='latest',
-                   help="'latest', 'best' (the best validation accuracy), or a checkpoint path")
+    model.add_checkpoint_flags(p)
     p.add_argument('--dataset', default=None,
                    help='dataset root (default: the one the model was trained on)')
     p.add_argument('--split', choices=('validation', 'train'), default='validation')

@@ -108,10 +108,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('out_dir', metavar='OUT_DIR',
                    help='a new directory, e.g. models/food/1 (TF Serving wants a version number)')
-    p.add_argument('--checkpoint-dir', default='checkpoints/vgg19_food',
-                   help='what train.py wrote: checkpoints and settings.json')
-    p.add_argument('--checkpoint', default='latest',
-                   help="'latest', 'best' (the best validation accuracy), or a checkpoint path")
+    model.add_checkpoint_flags(p)
     p.add_argument('--top-k', type=int, default=5, help='how many classes the outputs rank')
     args = p.parse_args(argv)
     if args.top_k < 1:

@@ -33,10 +33,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
                    help='image files, or directories whose images are all predicted')
-    p.add_argument('--checkpoint-dir', default='checkpoints/vgg19_food',
-                   help='what train.py wrote: checkpoints and settings.json')
-    p.add_argument('--checkpoint', default='latest',
-                   help="'latest', 'best' (the best validation accuracy), or a checkpoint path")
+    model.add_checkpoint_flags(p)
     p.add_argument('--saved-model', metavar='DIR',
                    help='predict with a SavedModel from export.py instead of a checkpoint')
     p.add_argument('--top-k', type=int, default=5, help='how many classes to print per image')
@@ -122,9 +119,12 @@ class SavedModelPredictor:
             with self._session.graph.as_default():
                 meta_graph = tf.saved_model.loader.load(
                     self._session, [tf.saved_model.tag_constants.SERVING], saved_model_dir)
-        except (tf.errors.OpError, RuntimeError, OSError) as e:
+        except (tf.errors.OpError, RuntimeError, OSError, ValueError) as e:
             raise model.SettingsError('cannot load SavedModel %s: %s'
                                       % (saved_model_dir, str(e).splitlines()[0][:200]))
+        if export.PIXELS_SIGNATURE not in meta_graph.signature_def:
+            raise model.SettingsError('SavedModel %s has no %r signature: export it again with '
+                                      'export.py' % (saved_model_dir, export.PIXELS_SIGNATURE))
         signature = meta_graph.signature_def[export.PIXELS_SIGNATURE]
         self._pixels = signature.inputs['pixels'].name
         self._probabilities = signature.outputs['probabilities'].name

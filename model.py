@@ -295,6 +295,19 @@ def restore(saver, session, checkpoint):
         raise SettingsError('cannot restore %s: %s' % (checkpoint, str(e).splitlines()[0][:200]))
 
 
+DEFAULT_CHECKPOINT_DIR = 'checkpoints/vgg19_food'
+
+
+def add_checkpoint_flags(parser):
+    """--checkpoint-dir and --checkpoint (for find_checkpoint), as the tools that use a trained
+    model take them."""
+    parser.add_argument('--checkpoint-dir', default=DEFAULT_CHECKPOINT_DIR,
+                        help='what train.py wrote: checkpoints and settings.json')
+    parser.add_argument('--checkpoint', default='latest',
+                        help="'latest', 'best' (the best validation accuracy), or a checkpoint "
+                             "path")
+
+
 def find_checkpoint(checkpoint_dir, which='latest'):
     """The checkpoint prefix that `which` names: 'latest' or 'best' of `checkpoint_dir`, or a
     checkpoint path; raises SettingsError saying what to do when there is none."""

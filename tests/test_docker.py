@@ -18,7 +18,6 @@ from conftest import ROOT
 
 DOCKERFILE = os.path.join(ROOT, 'docker', 'Dockerfile')
 DOCKERIGNORE = os.path.join(ROOT, '.dockerignore')
-FALLBACK_ENTRY_MODULES = ('train', 'inference', 'evaluate', 'export')
 
 
 def instructions():
@@ -96,16 +95,11 @@ def dockerignored(path):
 
 
 def entry_modules():
-    """The modules the console scripts of setup.cfg run, or train, inference, evaluate, export."""
+    """The modules the console scripts of setup.cfg run."""
     config = configparser.ConfigParser()
     config.read(os.path.join(ROOT, 'setup.cfg'))
-    if config.has_option('options.entry_points', 'console_scripts'):
-        lines = config.get('options.entry_points', 'console_scripts').splitlines()
-        modules = [line.split('=', 1)[1].split(':')[0].strip().split('.')[0]
-                   for line in lines if '=' in line]
-        assert modules, 'setup.cfg: console_scripts lists nothing'
-        return modules
-    return list(FALLBACK_ENTRY_MODULES)
+    lines = config.get('options.entry_points', 'console_scripts').splitlines()
+    return [line.split('=', 1)[1].split(':')[0].strip() for line in lines if '=' in line]
 
 
 def local_imports(module):

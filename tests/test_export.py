@@ -1,6 +1,7 @@
 """export.py: a SavedModel that predicts as the checkpoint does, from bytes or from pixels."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -113,3 +114,14 @@ def test_export_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith('export.py: error: ')
     assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.slow
+def test_a_damaged_saved_model_is_a_settings_error(tmp_path, saved_model):
+    damaged = tmp_path / 'damaged'
+    shutil.copytree(os.path.join(saved_model, export.EXTRA_DIR), damaged / export.EXTRA_DIR)
+    with pytest.raises(model.SettingsError, match='SavedModel file does not exist'):
+        inference.SavedModelPredictor(str(damaged))
+    shutil.copy(os.path.join(saved_model, 'saved_model.pb'), damaged)  # without its variables
+    with pytest.raises(model.SettingsError, match='cannot load SavedModel'):
+        inference.SavedModelPredictor(str(damaged))
