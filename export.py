@@ -34,6 +34,10 @@ PIXELS_SIGNATURE = 'pixels'
 EXTRA_DIR = 'assets.extra'  # TF Serving's place for files that are not part of the graph
 
 
+class ExportError(ValueError):
+    """An export target that is in use or cannot be written."""
+
+
 def serving_outputs(inputs, settings, top_k):
     """The signature outputs for network `inputs` [batch, size, size, 3] (variables reused)."""
     logits, _ = model.classifier(inputs, settings, is_training=False, reuse=tf.AUTO_REUSE)
@@ -45,6 +49,7 @@ def serving_outputs(inputs, settings, top_k):
 
 
 def _each(preprocess, batch, size):
+    """`preprocess` on each image of `batch` (they may differ in size) -> [n, size, size, 3]."""
     return tf.map_fn(preprocess, batch, back_prop=False,
                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
@@ -64,12 +69,25 @@ def build_signatures(settings, top_k):
                                       serving_outputs(from_pixels, settings, top_k))}
 
 
+def check_target(out_dir):
+    """Refuse, before any work, a target that is in use or cannot be written."""
+    if not out_dir.strip('/'):
+        raise ExportError('OUT_DIR %r is not a directory to export into' % out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ExportError('%s already exists and is not empty: export to a new directory '
+                          '(TF Serving: the next version number)' % out_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError('cannot create %s: %s is %s' % (
+            out_dir, parent, 'not writable' if os.path.isdir(parent) else 'a file'))
+
+
 def export(checkpoint_dir, out_dir, which='latest', top_k=5):
     """Write the SavedModel of `checkpoint_dir`'s `which` checkpoint into `out_dir` (which must
     not exist yet); returns the checkpoint exported. A failed export leaves nothing behind."""
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise model.SettingsError('%s already exists and is not empty: export to a new '
-                                  'directory (TF Serving: the next version number)' % out_dir)
+    check_target(out_dir)
     settings, checkpoint = model.trained_model(checkpoint_dir, which, data.preprocessing_settings)
     staging = out_dir.rstrip('/') + '.partial'
     shutil.rmtree(staging, ignore_errors=True)  # an earlier export that was cut off
@@ -94,12 +112,17 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
 
 
 def load_settings(saved_model_dir):
-    """The settings record exported with a SavedModel."""
-    settings = model.load_settings(os.path.join(saved_model_dir, EXTRA_DIR),
-                                   data.preprocessing_settings)
+    """The settings record exported with a SavedModel (its preprocessing is in its graph, so
+    any version of data.py can use it)."""
+    settings = model.load_settings(os.path.join(saved_model_dir, EXTRA_DIR))
     if settings is None:
-        raise model.SettingsError('%s is not a SavedModel written by export.py (no %s/%s)'
-                                  % (saved_model_dir, EXTRA_DIR, model.SETTINGS_FILE))
+        versions = sorted(v for v in (os.listdir(saved_model_dir)
+                                      if os.path.isdir(saved_model_dir) else ()) if v.isdigit())
+        hint = ('; pass a version directory such as %s' % os.path.join(saved_model_dir,
+                                                                       versions[-1])
+                if versions else '')
+        raise model.SettingsError('%s is not a SavedModel written by export.py (no %s/%s)%s'
+                                  % (saved_model_dir, EXTRA_DIR, model.SETTINGS_FILE, hint))
     return settings
 
 
@@ -122,11 +145,12 @@ def main(argv=None):
     tf.disable_eager_execution()
     try:
         checkpoint = export(args.checkpoint_dir, args.out_dir, args.checkpoint, args.top_k)
-    except model.SettingsError as e:
+    except (ExportError, model.SettingsError) as e:
         print('export.py: error: %s' % e, file=sys.stderr)
         return 2
-    except OSError as e:
-        print('export.py: error: cannot write %s: %s' % (args.out_dir, e.strerror or e),
+    except (OSError, tf.errors.OpError) as e:
+        message = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
+        print('export.py: error: cannot write %s: %s' % (args.out_dir, message.splitlines()[0]),
               file=sys.stderr)
         return 2
     print('exported %s to %s' % (checkpoint, args.out_dir))

@@ -44,6 +44,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         p.error('--top-k and --batch-size must be at least 1')
+    if args.saved_model and (args.checkpoint_dir != model.DEFAULT_CHECKPOINT_DIR or
+                             args.checkpoint != 'latest'):
+        p.error('--saved-model replaces --checkpoint-dir and --checkpoint: give one or the other')
     return args
 
 
@@ -134,10 +137,13 @@ class SavedModelPredictor:
         return image
 
     def probabilities(self, images):
-        """RGB images (any sizes) -> class probabilities [n, classes], one image a run."""
-        return np.concatenate([self._session.run(self._probabilities,
-                                                 {self._pixels: image[None].astype(np.float32)})
-                               for image in images])
+        """RGB images (any sizes) -> class probabilities [n, classes], a run per image size."""
+        result = np.zeros([len(images), len(self.settings['class_ids'])], np.float32)
+        for shape in {image.shape for image in images}:
+            same = [i for i, image in enumerate(images) if image.shape == shape]
+            result[same] = self._session.run(self._probabilities, {
+                self._pixels: np.stack([images[i] for i in same]).astype(np.float32)})
+        return result
 
 
 def top_k(probabilities, settings, k):

@@ -9,6 +9,7 @@ turns Keras' VGG19 ImageNet weights into such a checkpoint, for train.py --pretr
 """
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
@@ -366,6 +367,18 @@ def read_keras_h5(path):
     return layers
 
 
+def vgg19_shapes(num_classes):
+    """{slim layer scope: kernel shape} of VGG19 with `num_classes` outputs, in pure Python."""
+    shapes, channels = {}, 3
+    for (block, n), width in zip(KERAS_BLOCKS, (64, 128, 256, 512, 512)):
+        for i in range(1, n + 1):
+            shapes['vgg_19/conv%d/conv%d_%d' % (block, block, i)] = (3, 3, channels, width)
+            channels = width
+    shapes.update({'vgg_19/fc6': (7, 7, 512, 4096), 'vgg_19/fc7': (1, 1, 4096, 4096),
+                   'vgg_19/fc8': (1, 1, 4096, num_classes)})
+    return shapes
+
+
 def keras_to_slim(layers):
     """Keras VGG19 weights ({layer: (kernel, bias)}) -> {slim variable name: array}.
 
@@ -413,10 +426,16 @@ def write_checkpoint(variables, path):
 
 def convert_keras(h5_path, out_path):
     """Keras' VGG19 weights file -> a slim checkpoint for train.py --pretrained."""
+    if out_path.endswith(os.sep) or os.path.isdir(out_path):
+        raise CheckpointError('%s is a directory; name the checkpoint to write, e.g. '
+                              'data/vgg_19_keras.ckpt' % out_path)
     variables = keras_to_slim(read_keras_h5(h5_path))
-    if variables['vgg_19/conv1/conv1_1/weights'].shape != (3, 3, 3, 64):
-        raise CheckpointError('%s does not hold VGG19 weights (block1_conv1 kernel %s)'
-                              % (h5_path, variables['vgg_19/conv1/conv1_1/weights'].shape))
+    num_classes = variables['vgg_19/fc8/biases'].shape[0]
+    for scope, shape in vgg19_shapes(num_classes).items():
+        found = variables[scope + '/weights'].shape, variables[scope + '/biases'].shape
+        if found != (shape, shape[-1:]):
+            raise CheckpointError('%s does not hold VGG19 weights at 224 px: %s has kernel %s '
+                                  'and bias %s, VGG19 needs %s' % (h5_path, scope, *found, shape))
     return write_checkpoint(variables, out_path)
 
 
@@ -428,7 +447,7 @@ def main(argv=None):
     convert.add_argument('weights', help='e.g. vgg19_weights_tf_dim_ordering_tf_kernels.h5')
     convert.add_argument('out', help='checkpoint prefix to write, e.g. data/vgg_19_keras.ckpt')
     args = p.parse_args(argv)
-    tf.get_logger().setLevel('ERROR')
+    tf.get_logger().setLevel(logging.ERROR)
     tf.disable_eager_execution()
     try:
         print('wrote %s' % convert_keras(args.weights, args.out))
@@ -436,7 +455,8 @@ def main(argv=None):
         print('model.py: error: %s' % e, file=sys.stderr)
         return 2
     except (OSError, tf.errors.OpError) as e:
-        print('model.py: error: cannot write %s: %s' % (args.out, str(e).splitlines()[0]),
+        message = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
+        print('model.py: error: cannot write %s: %s' % (args.out, message.splitlines()[0]),
               file=sys.stderr)
         return 2
     return 0

@@ -318,16 +318,16 @@ def test_converted_keras_weights_predict_as_keras(tmp_path):
         assert model.pretrained_init_fn(checkpoint) is not None
 
 
-def test_published_keras_layout_converts_like_a_saved_model(tmp_path):
-    """Both Keras HDF5 layouts give the same variables (a small stand-in for VGG19's layers)."""
+def _stand_in_keras_h5(path):
+    """Keras VGG19's layers with 4 channels instead of 64..512, as model.save('x.h5') lays them
+    out; returns {layer: (kernel, bias)}."""
     rng = np.random.RandomState(0)
     shapes = [('block%d_conv%d' % (b, i), (3, 3, 3 if (b, i) == (1, 1) else 4, 4))
               for b, n in model.KERAS_BLOCKS for i in range(1, n + 1)]
     shapes += [('fc1', (7 * 7 * 4, 5)), ('fc2', (5, 5)), ('predictions', (5, 3))]
     layers = {layer: (rng.rand(*shape).astype(np.float32), rng.rand(shape[-1]).astype(np.float32))
               for layer, shape in shapes}
-    saved = tmp_path / 'saved.h5'
-    with h5py.File(saved, 'w') as f:
+    with h5py.File(path, 'w') as f:
         group = f.create_group('model_weights')
         group.attrs['layer_names'] = ['input_layer'] + list(layers)
         group.create_group('input_layer').attrs['weight_names'] = []
@@ -335,6 +335,20 @@ def test_published_keras_layout_converts_like_a_saved_model(tmp_path):
             group[layer + '/' + layer + '/kernel'] = kernel
             group[layer + '/' + layer + '/bias'] = bias
             group[layer].attrs['weight_names'] = [layer + '/kernel', layer + '/bias']
+    return layers
+
+
+def test_vgg19_shapes_are_the_networks():
+    model.vgg_19(tf.placeholder(tf.float32, [1, 224, 224, 3]), num_classes=7)
+    shapes = {v.op.name[:-len('/weights')]: tuple(v.shape.as_list())
+              for v in slim.get_model_variables() if v.op.name.endswith('/weights')}
+    assert model.vgg19_shapes(7) == shapes
+
+
+def test_published_keras_layout_converts_like_a_saved_model(tmp_path):
+    """Both Keras HDF5 layouts give the same variables (a small stand-in for VGG19's layers)."""
+    saved = tmp_path / 'saved.h5'
+    layers = _stand_in_keras_h5(saved)
     _published_layout(saved, tmp_path / 'published.h5')
     converted = [model.keras_to_slim(model.read_keras_h5(str(tmp_path / name)))
                  for name in ('saved.h5', 'published.h5')]
@@ -350,13 +364,18 @@ def test_published_keras_layout_converts_like_a_saved_model(tmp_path):
 
 
 @pytest.mark.parametrize('content, message', [
-    (None, 'not found'), (b'not hdf5', 'cannot read'), ('empty', 'no layer_names')])
+    (None, 'not found'), (b'not hdf5', 'cannot read'), ('empty', 'no layer_names'),
+    ('stand-in', 'vgg_19/conv1/conv1_1 has kernel .3, 3, 3, 4.'), ('out-dir', 'is a directory')])
 def test_convert_keras_refuses_what_is_not_keras_vgg19(tmp_path, content, message):
-    path = tmp_path / 'weights.h5'
+    path, out = tmp_path / 'weights.h5', tmp_path / 'out.ckpt'
     if content == 'empty':
         h5py.File(path, 'w').close()
+    elif content in ('stand-in', 'out-dir'):
+        _stand_in_keras_h5(path)
+        if content == 'out-dir':
+            out.mkdir()
     elif content is not None:
         path.write_bytes(content)
     with pytest.raises(model.CheckpointError, match=message):
-        model.convert_keras(str(path), str(tmp_path / 'out.ckpt'))
-    assert not glob.glob(str(tmp_path / 'out.ckpt*'))
+        model.convert_keras(str(path), str(out))
+    assert glob.glob(str(out) + '*') == ([str(out)] if content == 'out-dir' else [])
