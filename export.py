@@ -76,12 +76,9 @@ def check_target(out_dir):
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ExportError('%s already exists and is not empty: export to a new directory '
                           '(TF Serving: the next version number)' % out_dir)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError('cannot create %s: %s is %s' % (
-            out_dir, parent, 'not writable' if os.path.isdir(parent) else 'a file'))
+    problem = model.cannot_create(out_dir)
+    if problem:
+        raise ExportError(problem)
 
 
 def export(checkpoint_dir, out_dir, which='latest', top_k=5):
@@ -149,8 +146,7 @@ def main(argv=None):
         print('export.py: error: %s' % e, file=sys.stderr)
         return 2
     except (OSError, tf.errors.OpError) as e:
-        message = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
-        print('export.py: error: cannot write %s: %s' % (args.out_dir, message.splitlines()[0]),
+        print('export.py: error: cannot write %s: %s' % (args.out_dir, model.error_line(e)),
               file=sys.stderr)
         return 2
     print('exported %s to %s' % (checkpoint, args.out_dir))

@@ -411,6 +411,9 @@ def write_checkpoint(variables, path):
     no directory's own checkpoints are touched); refuses to overwrite one."""
     if os.path.exists(path + '.index'):
         raise CheckpointError('%s.index already exists: pick another output path' % path)
+    problem = cannot_create(path)
+    if problem:
+        raise CheckpointError(problem)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tf.Graph().as_default():
         # Variables filled through feeds: 575 MB of weights as graph constants would not fit.
@@ -439,6 +442,25 @@ def convert_keras(h5_path, out_path):
     return write_checkpoint(variables, out_path)
 
 
+def cannot_create(path):
+    """Why `path` cannot be created (its nearest existing ancestor is a file or read-only), or
+    None; asked before the work whose result would be lost."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return 'cannot create %s: %s is a file' % (path, parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return 'cannot create %s: %s is not writable' % (path, parent)
+    return None
+
+
+def error_line(error):
+    """A file-writing error as one line: an OSError's strerror, an OpError's message."""
+    text = getattr(error, 'strerror', None) or getattr(error, 'message', None) or str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description='VGG19 model tools.')
     commands = p.add_subparsers(dest='command', required=True)
@@ -455,9 +477,7 @@ def main(argv=None):
         print('model.py: error: %s' % e, file=sys.stderr)
         return 2
     except (OSError, tf.errors.OpError) as e:
-        message = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
-        print('model.py: error: cannot write %s: %s' % (args.out, message.splitlines()[0]),
-              file=sys.stderr)
+        print('model.py: error: cannot write %s: %s' % (args.out, error_line(e)), file=sys.stderr)
         return 2
     return 0
 

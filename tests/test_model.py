@@ -379,3 +379,10 @@ def test_convert_keras_refuses_what_is_not_keras_vgg19(tmp_path, content, messag
     with pytest.raises(model.CheckpointError, match=message):
         model.convert_keras(str(path), str(out))
     assert glob.glob(str(out) + '*') == ([str(out)] if content == 'out-dir' else [])
+
+
+def test_write_checkpoint_refuses_a_path_under_a_file(tmp_path):
+    (tmp_path / 'file').write_text('not a directory')
+    with pytest.raises(model.CheckpointError, match='file is a file'):
+        model.write_checkpoint({'x': np.zeros(1)}, str(tmp_path / 'file' / 'x.ckpt'))
+    assert os.listdir(tmp_path) == ['file']
