@@ -176,19 +176,29 @@ def _report(paths, why):
 # ---------------------------------------------------------------------------------------------
 # One preprocessing, in TF ops.
 
+# JPEGs decode with the accurate integer DCT, which gives the same pixels as Pillow (and so
+# imageio), whole or cropped.
+JPEG_DCT = 'INTEGER_ACCURATE'
+
+
+def _is_jpeg(contents):
+    return tf.equal(tf.strings.substr(contents, 0, 3), b'\xff\xd8\xff')
+
+
+def _decode_other(contents):
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
 def decode_image(contents):
     """Encoded bytes (JPEG, PNG, GIF's first frame, BMP; whatever the file is named) -> RGB uint8.
 
-    Grayscale is repeated into three channels, alpha dropped, CMYK converted. JPEGs decode with
-    the accurate integer DCT, which gives the same pixels as Pillow (and so imageio).
+    Grayscale is repeated into three channels, alpha dropped, CMYK converted.
     """
-    def jpeg():
-        return tf.io.decode_jpeg(contents, channels=3, dct_method='INTEGER_ACCURATE')
-
-    def other():
-        return tf.io.decode_image(contents, channels=3, expand_animations=False)
-    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), b'\xff\xd8\xff')
-    image = tf.cond(is_jpeg, jpeg, other)
+    image = tf.cond(_is_jpeg(contents),
+                    lambda: tf.io.decode_jpeg(contents, channels=3, dct_method=JPEG_DCT),
+                    lambda: _decode_other(contents))
     image.set_shape([None, None, 3])
     return image
 
@@ -227,14 +237,49 @@ def to_viewable(images):
                    tf.uint8)
 
 
-def preprocess_for_train(image, image_size):
-    """Random short side in the scaled [256, 512], random square crop, random flip, means off."""
+def random_crop_window(height, width, image_size):
+    """[top, left, size, size] of slim's training crop, in the pixels of the original image.
+
+    slim resizes the short side to a random side in the scaled [256, 512], then takes a random
+    `image_size` square. The same square, found in the original first, is image_size * short /
+    side pixels wide at a random place: only it needs decoding and resizing.
+    """
     side_min, side_max = resize_side_range(image_size)
     side = tf.random.uniform([], side_min, side_max + 1, dtype=tf.int32)
-    image = _aspect_preserving_resize(image, side)
-    image = tf.image.random_crop(image, [image_size, image_size, 3])
+    short = tf.minimum(height, width)
+    size = tf.cast(tf.round(image_size * tf.cast(short, tf.float32) / tf.cast(side, tf.float32)),
+                   tf.int32)
+    size = tf.clip_by_value(size, 1, short)
+    top = tf.random.uniform([], 0, height - size + 1, dtype=tf.int32)
+    left = tf.random.uniform([], 0, width - size + 1, dtype=tf.int32)
+    return tf.stack([top, left, size, size])
+
+
+def _augment(window, image_size):
+    image = tf.raw_ops.ResizeBilinear(images=window[None], size=[image_size, image_size],
+                                      half_pixel_centers=True)[0]
     image = tf.image.random_flip_left_right(image)
+    image.set_shape([image_size, image_size, 3])
     return _subtract_means(image)
+
+
+def preprocess_for_train(image, image_size):
+    """Random short side in the scaled [256, 512], random square crop, random flip, means off."""
+    shape = tf.shape(image)
+    top, left, size, _ = tf.unstack(random_crop_window(shape[0], shape[1], image_size))
+    return _augment(tf.slice(image, [top, left, 0], [size, size, 3]), image_size)
+
+
+def decode_for_train(contents, image_size):
+    """Encoded bytes -> preprocess_for_train(decode_image(bytes)), decoding of a JPEG only the
+    pixels that its random crop keeps."""
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(contents)
+        window = random_crop_window(shape[0], shape[1], image_size)
+        return _augment(tf.image.decode_and_crop_jpeg(contents, window, channels=3,
+                                                      dct_method=JPEG_DCT), image_size)
+    return tf.cond(_is_jpeg(contents), jpeg,
+                   lambda: preprocess_for_train(_decode_other(contents), image_size))
 
 
 def preprocess_for_eval(image, image_size):
@@ -250,17 +295,13 @@ def preprocess_for_eval(image, image_size):
 # ---------------------------------------------------------------------------------------------
 # tf.data pipelines.
 
-def _load(preprocess, image_size):
-    def load(path, label):
-        return preprocess(decode_image(tf.io.read_file(path)), image_size), label
-    return load
-
-
 def train_pipeline(split, image_size, batch_size, seed=None):
     """Endless shuffled batches of (images, labels) with training augmentation, fixed shapes."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
     ds = ds.shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(_load(preprocess_for_train, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    # Images come out as they are ready, not in file order: the order is random anyway.
+    ds = ds.map(lambda path, label: (decode_for_train(tf.io.read_file(path), image_size), label),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     # A file that went bad after the check drops itself here, before batching, not its batch.
     ds = ds.ignore_errors()
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -270,10 +311,10 @@ def eval_pipeline(split, image_size, batch_size):
     """One pass over every example of `split`, in order, as batches of (images, labels, paths);
     the last partial batch included."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
-    load = _load(preprocess_for_eval, image_size)
     # The path travels with its image, so a report can name the files it got wrong.
-    ds = ds.map(lambda path, label: load(path, label) + (path,),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda path, label: (
+        preprocess_for_eval(decode_image(tf.io.read_file(path)), image_size), label, path),
+        num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 

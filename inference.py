@@ -23,6 +23,7 @@ import tf_slim as slim  # noqa: E402
 
 import data  # noqa: E402
 import export  # noqa: E402
+import hardware  # noqa: E402
 import model  # noqa: E402
 
 READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
@@ -41,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument('--max-pixels', type=float, default=50e6,
                    help='images with more pixels are refused from their header, undecoded')
     p.add_argument('--json', action='store_true', help='print one JSON object per image')
+    hardware.add_flags(p)
     args = p.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         p.error('--top-k and --batch-size must be at least 1')
@@ -86,7 +88,7 @@ def read_rgb(path, max_pixels):
 class Predictor:
     """A checkpoint directory loaded once: preprocess images, then predict them in batches."""
 
-    def __init__(self, checkpoint_dir, checkpoint='latest'):
+    def __init__(self, checkpoint_dir, checkpoint='latest', precision='fp32', xla=False):
         settings, checkpoint = model.trained_model(checkpoint_dir, checkpoint,
                                                    data.preprocessing_settings)
         self.settings, self.checkpoint = settings, checkpoint
@@ -100,8 +102,11 @@ class Predictor:
             self._probabilities = tf.nn.softmax(logits)
             saver = tf.train.Saver(slim.get_model_variables())
             graph.finalize()
-        self._session = tf.Session(graph=graph)
-        model.restore(saver, self._session, checkpoint)
+            # Inside the graph: a process that runs eagerly too (a notebook, Keras) restores
+            # through the session all the same.
+            self._session = tf.Session(graph=graph,
+                                       config=hardware.session_config(precision, xla))
+            model.restore(saver, self._session, checkpoint)
 
     def preprocess(self, image):
         """RGB uint8 [h, w, 3] -> the network input, exactly as validation makes it."""
@@ -199,8 +204,9 @@ def main(argv=None):
         return 2
     try:
         predictor = (SavedModelPredictor(args.saved_model) if args.saved_model else
-                     Predictor(args.checkpoint_dir, args.checkpoint))
-    except model.SettingsError as e:
+                     Predictor(args.checkpoint_dir, args.checkpoint,
+                               hardware.resolve_precision(args.precision), args.xla))
+    except (model.SettingsError, hardware.HardwareError) as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2
     return 1 if predict(predictor, paths, args) else 0

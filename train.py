@@ -26,6 +26,7 @@ import tf_slim as slim  # noqa: E402
 
 import data  # noqa: E402
 import evaluate  # noqa: E402
+import hardware  # noqa: E402
 import model  # noqa: E402
 
 log = logging.getLogger('train')
@@ -104,6 +105,7 @@ def parse_args(argv=None):
     p.add_argument('--save-every-secs', type=int, default=600, help='seconds between checkpoints')
     p.add_argument('--summary-every', type=int, default=30, help='steps between summaries')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
+    hardware.add_flags(p)
     args = p.parse_args(argv)
     if args.demo:
         p.set_defaults(**DEMO)
@@ -332,6 +334,7 @@ class ValidationHook(tf.train.SessionRunHook):
 def train(args, extra_hooks=()):
     """Train as `args` say; `extra_hooks`: more SessionRunHooks, for a program embedding this."""
     # Settings and data
+    precision = hardware.resolve_precision(args.precision)
     if args.demo and not os.path.isdir(args.dataset):
         import demo
         log.info('making the demo dataset in %s, and sample images in %s-samples',
@@ -398,8 +401,8 @@ def train(args, extra_hooks=()):
         stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
     train_ops = {}
     for stage, var_list in stages.items():  # main first: its names are a one-stage run's
-        optimizer = OPTIMIZERS[args.optimizer](learning_rate, args,
-                                               'head_' if stage == 'head' else '')
+        optimizer = hardware.loss_scaled(OPTIMIZERS[args.optimizer](
+            learning_rate, args, 'head_' if stage == 'head' else ''), precision)
         update = optimizer.minimize(total_loss, global_step=global_step, var_list=var_list)
         with tf.control_dependencies([update]):
             train_ops[stage] = global_step.read_value()  # the step after the update
@@ -442,7 +445,8 @@ def train(args, extra_hooks=()):
         session = tf.train.MonitoredTrainingSession(
             checkpoint_dir=args.checkpoint_dir, scaffold=scaffold, hooks=hooks,
             chief_only_hooks=nan_guard, save_checkpoint_secs=args.save_every_secs,
-            save_summaries_steps=args.summary_every, log_step_count_steps=0)
+            save_summaries_steps=args.summary_every, log_step_count_steps=0,
+            config=hardware.session_config(precision, args.xla))
     except tf.errors.NotFoundError as e:
         raise model.SettingsError(
             '%s does not hold what this run needs (%s): it was saved with another --optimizer, '
@@ -489,7 +493,8 @@ def main(argv=None):
     try:
         with tf.Graph().as_default():
             train(args)
-    except (data.DatasetError, model.CheckpointError, model.SettingsError) as e:
+    except (data.DatasetError, model.CheckpointError, model.SettingsError,
+            hardware.HardwareError) as e:
         print('train.py: error: %s' % e, file=sys.stderr)
         return 2
     except tf.train.NanLossDuringTrainingError:

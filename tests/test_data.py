@@ -205,6 +205,47 @@ def test_train_preprocessing_is_random_and_fixed_size():
     assert a.shape == b.shape == (32, 32, 3) and not np.array_equal(a, b)
 
 
+def test_the_training_crop_window_has_slims_scale_range_and_stays_inside():
+    height, width, size = 90, 150, 32
+    windows = _run(tf.stack([data.random_crop_window(height, width, size) for _ in range(300)]))
+    top, left, side = windows[:, 0], windows[:, 1], windows[:, 2]
+    assert (windows[:, 2] == windows[:, 3]).all() and (top >= 0).all() and (left >= 0).all()
+    assert (top + side <= height).all() and (left + side <= width).all()
+    # The short side resized to [37, 73] (256 and 512 at 32 px), then 32 pixels of it kept.
+    side_min, side_max = data.resize_side_range(size)
+    assert side.min() >= round(size * height / side_max) and side.max() <= round(
+        size * height / side_min)
+    assert side.max() - side.min() > 10 and len(set(left)) > 20  # it does vary
+
+
+@pytest.mark.parametrize('subsampling', [0, 2])  # 4:4:4, and 4:2:0 (most photos)
+def test_a_jpeg_crop_decodes_to_the_same_pixels_as_a_crop_of_the_whole(tmp_path, subsampling):
+    path = _write(str(tmp_path / 'a.jpg'), random_image(97, 131), quality=90,
+                  subsampling=subsampling)
+    contents = tf.io.read_file(path)
+    whole = _run(data.decode_image(contents))
+    for top, left, size in ((0, 0, 97), (5, 17, 40), (50, 90, 41), (1, 3, 7), (8, 16, 20)):
+        crop = _run(tf.image.decode_and_crop_jpeg(contents, [top, left, size, size], channels=3,
+                                                  dct_method=data.JPEG_DCT))
+        expected = whole[top:top + size, left:left + size]
+        # With 4:2:0 chroma, the crop's first and last columns can miss the neighbour that
+        # smooth upsampling reads; every other pixel is the same.
+        edge = 1 if subsampling else 0
+        np.testing.assert_array_equal(crop[:, edge:size - edge], expected[:, edge:size - edge])
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG'])
+def test_decode_for_train_makes_fixed_size_inputs_of_the_image(tmp_path, fmt):
+    # A flat colour: whatever the window, every pixel is that colour less the means.
+    image = np.empty([70, 110, 3], np.uint8)
+    image[...] = (200, 100, 50)
+    path = _write(str(tmp_path / 'a.img'), image, fmt=fmt)
+    out = data.decode_for_train(tf.io.read_file(path), 32)
+    assert out.shape.as_list() == [32, 32, 3]
+    np.testing.assert_allclose(_run(out) + data.MEANS, np.broadcast_to([200, 100, 50], [32, 32, 3]),
+                               atol=2)
+
+
 def test_resize_side_range_scales_with_the_image_size():
     assert data.resize_side_range(224) == (256, 512)
     assert data.resize_side_range(112) == (128, 256)

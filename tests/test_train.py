@@ -174,13 +174,16 @@ def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog
 
     # Interrupted at step 3, run again with more steps: the global step continues and the
     # momentum comes back from the checkpoint rather than starting at zero.
+    # bfloat16 (emulated on a CPU without it) computes in 16 bits; the weights stay float32.
     caplog.clear()
-    assert train.main(flags + ['--max-steps', '5']) == 0
+    assert train.main(flags + ['--max-steps', '5', '--precision', 'bf16']) == 0
     assert 'resuming from' in caplog.text and '(step 3)' in caplog.text
+    assert 'precision bf16' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-5')
     saved = tf.train.load_checkpoint(out).get_variable_to_shape_map()
     assert 'vgg_19/fc8/weights/Momentum' in saved
     assert 'vgg_19/fc7/weights/Momentum' not in saved  # frozen: no slots
+    assert tf.train.load_checkpoint(out).get_tensor('vgg_19/fc8/weights').dtype == np.float32
     assert 'step 5/5' in caplog.text and 'step 1/' not in caplog.text
     # The same command again: the run is over, no step more.
     assert train.main(flags + ['--max-steps', '5']) == 0
@@ -223,6 +226,11 @@ def test_missing_inputs_are_one_line_errors(tmp_path, photo_dataset):
     rc, line = _cli('--dataset', photo_dataset, '--checkpoint-dir', str(tmp_path / 'c'),
                     '--pretrained', str(tmp_path / 'vgg_19.ckpt'))
     assert rc == 2 and 'vgg_19_2016_08_28.tar.gz' in line and '--pretrained none' in line
+    if not tf.config.list_physical_devices('GPU'):
+        rc, line = _cli('--dataset', photo_dataset, '--checkpoint-dir', str(tmp_path / 'c'),
+                        '--precision', 'fp16')
+        assert rc == 2 and line.startswith('train.py: error: --precision fp16 needs a GPU')
+        assert not os.path.exists(str(tmp_path / 'c'))  # refused before anything is written
 
 
 @pytest.mark.slow

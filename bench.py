@@ -1,0 +1,355 @@
+"""Images per second of this tool against the alternatives, side by side, in one run.
+
+    python bench.py                  # the table: about 5 minutes on 2 CPU cores
+    python bench.py --json           # the same as one JSON object
+    python bench.py --pairs 5 --steps 3 --precision fp32
+
+1. input pipeline: data.train_pipeline against a naive one (serial map, whole-image decode, then
+   resize and crop, no prefetch) on ~500 generated JPEGs 512 px on the long side;
+2. training step: this tool's graph (model.classifier, momentum, --precision, --xla) against
+   Keras 3's `keras.applications.VGG19(weights=None)` with a new head, SGD with momentum,
+   `train_on_batch`, on the same batch;
+3. inference: inference.Predictor against the Keras model's `predict_on_batch`;
+4. the matrix-multiply ceiling of this machine in float32 and bfloat16, beside the training
+   step's achieved GFLOP/s.
+
+Shared machines swing 2x from one minute to the next, so each comparison runs its two sides in
+alternation (a warm-up of each, then A B A B ...) and reports the median of the pair-by-pair
+ratios, with their min and max: a ratio of neighbours holds where an absolute time does not.
+Both sides run at the precision --precision resolves to on this machine (Keras through its
+matching mixed-precision policy) and with XLA only where --xla asks for it (Keras compiles
+with XLA only on GPUs by default).
+"""
+import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import imageio.v3 as iio  # noqa: E402
+import numpy as np  # noqa: E402
+import skimage.data  # noqa: E402
+import tensorflow as tf2  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+import tf_slim as slim  # noqa: E402
+
+import data  # noqa: E402
+import demo  # noqa: E402
+import hardware  # noqa: E402
+import inference  # noqa: E402
+import model  # noqa: E402
+
+# VGG19 forward at 224 px: 19.6 G multiply-adds an image (2 FLOPs each); a training step
+# (forward, gradients of activations and of weights) costs about three forwards. Convolutions
+# scale with the image area; at other sizes the figure is that scaling, an estimate.
+VGG19_MACS_224 = 19.6e9
+TRAIN_STEP_FORWARDS = 3
+KERAS_POLICY = {'fp32': 'float32', 'bf16': 'mixed_bfloat16', 'fp16': 'mixed_float16'}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--images', type=int, default=500, help='generated JPEGs for the pipeline')
+    p.add_argument('--long-side', type=int, default=512, help='of the generated JPEGs')
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--image-size', type=int, default=224)
+    p.add_argument('--classes', type=int, default=101, help='of the new head (Food-101: 101)')
+    p.add_argument('--pairs', type=int, default=3, help='A-B pairs timed after the warm-up')
+    p.add_argument('--steps', type=int, default=1, help='training steps in each timing')
+    p.add_argument('--pipeline-batches', type=int, default=8, help='batches in each timing')
+    p.add_argument('--skip', default='', help='comma-separated parts not to run: '
+                                              'pipeline,train,inference,matmul')
+    p.add_argument('--json', action='store_true', help='print one JSON object, no table')
+    hardware.add_flags(p)
+    args = p.parse_args(argv)
+    for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches'):
+        if getattr(args, flag) < 1:
+            p.error('--%s must be at least 1' % flag.replace('_', '-'))
+    if args.image_size < 32 or args.long_side < args.image_size:
+        p.error('--image-size must be at least 32, and --long-side at least --image-size')
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing: alternate the sides, compare neighbours.
+
+def paired(side_a, side_b, pairs):
+    """Run side_a() and side_b() (each returns images/s) once each to warm up, then `pairs`
+    times in alternation. Returns {a, b: median images/s; ratio, ratio_min, ratio_max: of a/b
+    pair by pair}."""
+    side_a(), side_b()
+    rates = [(side_a(), side_b()) for _ in range(pairs)]
+    ratios = [a / b for a, b in rates]
+    return {'a': statistics.median(a for a, _ in rates),
+            'b': statistics.median(b for _, b in rates),
+            'ratio': statistics.median(ratios), 'ratio_min': min(ratios),
+            'ratio_max': max(ratios)}
+
+
+def images_per_second(run, images):
+    """`run()` timed; `images` per call over its seconds."""
+    start = time.perf_counter()
+    run()
+    return images / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Input pipeline.
+
+def make_jpegs(directory, count, long_side, seed=0):
+    """`count` JPEGs (quality 90) `long_side` px on the long side, 3:4 or 4:3, cut from the
+    scikit-image photos; their paths."""
+    rng = np.random.default_rng(seed)
+    photos = [np.asarray(getattr(skimage.data, name)()) for name in demo.PHOTOS]
+    photos = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in photos]
+    paths = []
+    for i in range(count):
+        photo = photos[i % len(photos)][..., :3]
+        crop = demo.random_crops(photo, 1, rng, size=long_side)[0]
+        short = long_side * 3 // 4
+        crop = crop[:short] if i % 2 else crop[:, :short]
+        paths.append(os.path.join(directory, '%04d.jpg' % i))
+        iio.imwrite(paths[-1], crop, quality=90)
+    return paths
+
+
+def naive_pipeline(paths, image_size, batch_size):
+    """The recipe this tool replaces: one image at a time, the whole JPEG decoded, resized, then
+    cropped (the same augmentation as data.preprocess_for_train), no prefetch."""
+    side_min, side_max = data.resize_side_range(image_size)
+
+    def load(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        side = tf.random.uniform([], side_min, side_max + 1, dtype=tf.int32)
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = tf.cast(side, tf.float32) / tf.reduce_min(shape)
+        size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), side)
+        image = tf.image.resize(image, size)
+        image = tf.image.random_crop(image, [image_size, image_size, 3])
+        return tf.image.random_flip_left_right(image) - tf.constant(data.MEANS)
+    ds = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths)).repeat()
+    return ds.map(load).batch(batch_size, drop_remainder=True)
+
+
+def bench_pipeline(args, directory):
+    paths = make_jpegs(directory, args.images, args.long_side)
+    split = data.Split(paths, [i % args.classes for i in range(len(paths))])
+    sides = []
+    for ds in (data.train_pipeline(split, args.image_size, args.batch_size, seed=0).map(
+            lambda images, labels: images),
+            naive_pipeline(paths, args.image_size, args.batch_size)):
+        batch = tf.data.make_one_shot_iterator(ds).get_next()
+
+        def side(batch=batch):
+            def run():
+                for _ in range(args.pipeline_batches):
+                    session.run(batch)
+            return images_per_second(run, args.pipeline_batches * args.batch_size)
+        sides.append(side)
+    with tf.Session() as session:
+        return paired(sides[0], sides[1], args.pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2 and 3. Training step and inference: this tool's graph, and Keras.
+
+def settings_for(args):
+    padding, global_pool = model.fc_options(args.image_size)
+    return {'class_ids': ['class_%d' % i for i in range(args.classes)],
+            'class_names': ['Class %d' % i for i in range(args.classes)],
+            'image_size': args.image_size, 'fc_conv_padding': padding,
+            'global_pool': global_pool,
+            'preprocessing': data.preprocessing_settings(args.image_size)}
+
+
+class SlimTrainer:
+    """train.py's step on a fixed batch: model.classifier, cross entropy with weight decay,
+    momentum 0.9 (loss-scaled for fp16), run in hardware.session_config."""
+
+    def __init__(self, args, images, labels, precision):
+        self.settings = settings_for(args)
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            batch = tf.data.make_one_shot_iterator(
+                tf.data.Dataset.from_tensors((images, labels)).repeat()).get_next()
+            logits, _ = model.classifier(batch[0], self.settings, is_training=True)
+            loss = tf.losses.sparse_softmax_cross_entropy(batch[1], logits)
+            total_loss = loss + tf.losses.get_regularization_loss()
+            optimizer = hardware.loss_scaled(tf.train.MomentumOptimizer(1e-3, 0.9), precision)
+            self.train_op = optimizer.minimize(total_loss)
+            self.saver = tf.train.Saver(slim.get_model_variables())
+            init = tf.global_variables_initializer()
+            self.graph.finalize()
+        self.session = tf.Session(graph=self.graph,
+                                  config=hardware.session_config(precision, args.xla))
+        self.session.run(init)
+
+    def step(self):
+        self.session.run(self.train_op)
+
+    def save(self, directory):
+        """A checkpoint directory as training leaves one, for inference.Predictor."""
+        model.save_settings(directory, self.settings)
+        with self.graph.as_default():  # Keras keeps this process eager
+            self.saver.save(self.session, os.path.join(directory, 'model.ckpt'))
+
+
+def keras_vgg19(args, precision):
+    """Keras 3's VGG19 with a new head for --classes, compiled as its tutorials do."""
+    import keras
+    keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
+    base = keras.applications.VGG19(weights=None, include_top=False,
+                                    input_shape=(args.image_size, args.image_size, 3))
+    x = keras.layers.Flatten()(base.output)
+    for _ in range(2):
+        x = keras.layers.Dense(4096, activation='relu')(x)
+        x = keras.layers.Dropout(0.5)(x)
+    outputs = keras.layers.Dense(args.classes, activation='softmax', dtype='float32')(x)
+    net = keras.Model(base.input, outputs)
+    net.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
+                loss='sparse_categorical_crossentropy', jit_compile=True if args.xla else 'auto')
+    return net
+
+
+def bench_model(args, directory, precision, skip):
+    """{'train': paired, 'inference': paired} of this tool against Keras, on one batch."""
+    rng = np.random.default_rng(0)
+    images = (rng.uniform(0, 255, [args.batch_size, args.image_size, args.image_size, 3])
+              - data.MEANS).astype(np.float32)
+    labels = rng.integers(0, args.classes, args.batch_size).astype(np.int32)
+    ours, keras_net = SlimTrainer(args, images, labels, precision), keras_vgg19(args, precision)
+    result, n = {}, args.batch_size
+    if 'train' not in skip:
+        def ours_train():
+            for _ in range(args.steps):
+                ours.step()
+
+        def keras_train():
+            for _ in range(args.steps):
+                keras_net.train_on_batch(images, labels)
+        result['train'] = paired(lambda: images_per_second(ours_train, n * args.steps),
+                                 lambda: images_per_second(keras_train, n * args.steps),
+                                 args.pairs)
+    if 'inference' not in skip:
+        ours.save(directory)
+        ours.session.close()  # its memory, before the Predictor loads the weights again
+        predictor = inference.Predictor(directory, precision=precision, xla=args.xla)
+        inputs = list(images)
+        result['inference'] = paired(
+            lambda: images_per_second(lambda: predictor.probabilities(inputs), n),
+            lambda: images_per_second(lambda: keras_net.predict_on_batch(images), n),
+            args.pairs)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The machine's matrix-multiply ceiling.
+
+def matmul_gflops(dtype, n=2048, repeats=5):
+    """Best GFLOP/s of an n x n matmul in `dtype` through TensorFlow, over `repeats` runs."""
+    with tf.Graph().as_default():
+        a = tf.Variable(tf.random.normal([n, n]), dtype=tf.float32)
+        product = tf.reduce_sum(tf.matmul(tf.cast(a, dtype), tf.cast(a, dtype)))
+        with tf.Session() as session:
+            session.run(a.initializer)
+            session.run(product)
+            best = min(_seconds(lambda: session.run(product)) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _seconds(run):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def train_gflop_per_image(image_size):
+    return TRAIN_STEP_FORWARDS * 2 * VGG19_MACS_224 * (image_size / 224) ** 2 / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+
+def run(args):
+    """Every measurement as one dict: what the --json output prints."""
+    precision = hardware.resolve_precision(args.precision)
+    skip = {part.strip() for part in args.skip.split(',')}
+    result = {'machine': '%s, %d cores, %s' % (platform.processor() or platform.machine(),
+                                               os.cpu_count(), _cpu_name()),
+              'date': time.strftime('%Y-%m-%d'), 'tensorflow': tf2.__version__,
+              'precision': precision, 'xla': args.xla, 'batch_size': args.batch_size,
+              'image_size': args.image_size, 'pairs': args.pairs}
+    with tempfile.TemporaryDirectory(prefix='bench-') as directory:
+        if 'pipeline' not in skip:
+            with tf.Graph().as_default():
+                result['pipeline'] = bench_pipeline(args, directory)
+            result['pipeline_speedup'] = result['pipeline']['ratio']
+        if not {'train', 'inference'} <= skip:
+            for name, measured in bench_model(args, directory, precision, skip).items():
+                result[name], result[name + '_speedup'] = measured, measured['ratio']
+    if 'matmul' not in skip:
+        result['matmul_gflops'] = {'fp32': matmul_gflops(tf.float32),
+                                   'bf16': matmul_gflops(tf.bfloat16)}
+        if 'train' in result:
+            achieved = result['train']['a'] * train_gflop_per_image(args.image_size)
+            result['train_gflops'] = achieved
+            ceiling = result['matmul_gflops']['bf16' if precision != 'fp32' else 'fp32']
+            result['train_share_of_ceiling'] = achieved / ceiling
+    return result
+
+
+def _cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f
+                        if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return 'unknown CPU'
+
+
+def table(result):
+    """The measurements as a Markdown table, as the README shows them."""
+    lines = ['%s; TensorFlow %s; %s; precision %s%s; batch %d, %d px; median of %d pairs'
+             % (result['machine'], result['tensorflow'], result['date'], result['precision'],
+                ', XLA' if result['xla'] else '', result['batch_size'], result['image_size'],
+                result['pairs']), '',
+             '| images/s | this tool | baseline | speedup (min-max) |', '|---|---|---|---|']
+    for name, baseline in (('pipeline', 'naive tf.data'), ('train', 'Keras 3'),
+                           ('inference', 'Keras 3')):
+        if name in result:
+            r = result[name]
+            lines.append('| %s (baseline: %s) | %.1f | %.1f | %.2fx (%.2f-%.2f) |' % (
+                name, baseline, r['a'], r['b'], r['ratio'], r['ratio_min'], r['ratio_max']))
+    if 'matmul_gflops' in result:
+        lines.append('')
+        lines.append('matmul ceiling: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s' % (
+            result['matmul_gflops']['fp32'], result['matmul_gflops']['bf16']))
+        if 'train_gflops' in result:
+            lines.append('training step: %.0f GFLOP/s achieved, %.0f%% of the %s ceiling' % (
+                result['train_gflops'], 100 * result['train_share_of_ceiling'],
+                'fp32' if result['precision'] == 'fp32' else 'bf16'))
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format='%(asctime)s %(message)s', datefmt='%H:%M:%S', level=logging.INFO,
+                        stream=sys.stderr)
+    tf.get_logger().setLevel(logging.ERROR)
+    try:
+        result = run(args)
+    except hardware.HardwareError as e:
+        print('bench.py: error: %s' % e, file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1) if args.json else table(result))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""What this machine has, and how a session uses it: precision, XLA, threads.
+
+`--precision auto` picks, from what is found:
+- fp16 (mixed float16 with dynamic loss scaling) on GPUs of compute capability 7.0 and later,
+  where tensor cores run it several times faster than float32;
+- bf16 (oneDNN's bfloat16 graph rewrite) on CPUs with native bfloat16 (AMX or AVX512-BF16);
+  bfloat16 keeps float32's range, so it needs no loss scaling;
+- fp32 everywhere else: without the hardware, both are emulated and slower than float32.
+The variables, and so the checkpoints, stay float32 in every mode.
+"""
+import logging
+import os
+
+import tensorflow.compat.v1 as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+CPU_BF16_FLAGS = ('amx_bf16', 'avx512_bf16')
+FP16_MIN_CAPABILITY = (7, 0)
+
+
+class HardwareError(ValueError):
+    """A precision this machine cannot run."""
+
+
+def add_flags(parser):
+    """--precision and --xla, for every program that runs the network."""
+    parser.add_argument('--precision', choices=PRECISIONS, default='auto',
+                        help='fp32, bf16 (mixed, CPUs with AMX/AVX512-BF16), fp16 (mixed, with '
+                             'loss scaling, GPUs); auto picks the fastest safe one found')
+    parser.add_argument('--xla', action='store_true',
+                        help='compile the graph with XLA (measure: it helps some machines)')
+
+
+def cpu_flags(cpuinfo='/proc/cpuinfo'):
+    """The CPU's feature flags (empty where /proc/cpuinfo is not there, as on macOS)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def gpu_capabilities():
+    """(major, minor) compute capability of each visible GPU."""
+    found = []
+    for gpu in tf.config.list_physical_devices('GPU'):
+        details = tf.config.experimental.get_device_details(gpu)
+        found.append(tuple(details.get('compute_capability', (0, 0))))
+    return found
+
+
+def choose_precision(requested, gpus, flags):
+    """(precision, reason): `requested` made concrete for GPUs of capabilities `gpus` and CPU
+    feature `flags`. An explicit choice stands, except fp16 without a GPU (HardwareError)."""
+    cpu_bf16 = sorted(set(CPU_BF16_FLAGS) & set(flags))
+    if requested == 'fp16' and not gpus:
+        raise HardwareError('--precision fp16 needs a GPU and none is visible: use --precision '
+                            'auto, fp32 or bf16')
+    if requested != 'auto':
+        if requested == 'bf16' and not gpus and not cpu_bf16:
+            return 'bf16', ('as asked, though this CPU has no native bfloat16 (%s): it is '
+                            'emulated, and slower than fp32' % ', '.join(CPU_BF16_FLAGS))
+        return requested, 'as asked'
+    if gpus and min(gpus) >= FP16_MIN_CAPABILITY:
+        return 'fp16', 'GPU compute capability %d.%d has tensor cores' % min(gpus)
+    if gpus:
+        return 'fp32', 'GPU compute capability %d.%d is below 7.0' % min(gpus)
+    if cpu_bf16:
+        return 'bf16', 'the CPU runs bfloat16 natively (%s)' % ', '.join(cpu_bf16)
+    return 'fp32', 'no GPU, and the CPU has no native bfloat16 (%s)' % ', '.join(CPU_BF16_FLAGS)
+
+
+def resolve_precision(requested):
+    """choose_precision for this machine, logged with its reason."""
+    precision, reason = choose_precision(requested, gpu_capabilities(), cpu_flags())
+    log.info('precision %s: %s', precision, reason)
+    return precision
+
+
+def session_config(precision='fp32', xla=False):
+    """A ConfigProto that runs the graph in `precision` (fp32, bf16, fp16), with XLA if asked.
+
+    The mixed precisions are graph rewrites: matmuls and convolutions run in 16 bits, the
+    variables and the numerically sensitive ops (softmax, losses, updates) stay float32.
+    """
+    config = tf.ConfigProto(allow_soft_placement=True)
+    config.gpu_options.allow_growth = True
+    rewrites = config.graph_options.rewrite_options
+    if precision == 'bf16':
+        rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+    elif precision == 'fp16':
+        rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+    if xla:
+        # On CPUs TensorFlow clusters ops for XLA only with this flag, read when XLA first loads.
+        os.environ['TF_XLA_FLAGS'] = ' '.join(
+            [os.environ.get('TF_XLA_FLAGS', ''), '--tf_xla_cpu_global_jit']).strip()
+        config.graph_options.optimizer_options.global_jit_level = tf.OptimizerOptions.ON_1
+    return config
+
+
+def loss_scaled(optimizer, precision):
+    """`optimizer` with dynamic loss scaling for fp16, whose small gradients would underflow
+    to zero otherwise; as it is for the other precisions."""
+    if precision != 'fp16':
+        return optimizer
+    return tf.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, 'dynamic')

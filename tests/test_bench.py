@@ -1,0 +1,47 @@
+"""bench.py runs end to end on a few small steps (its figures are for the README, not tests)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paired_reports_the_median_of_neighbouring_ratios():
+    rates = iter([100, 100, 10, 5, 30, 10, 8, 2])  # warm-up pair, then ratios 2, 3, 4
+    result = bench.paired(lambda: next(rates), lambda: next(rates), pairs=3)
+    assert (result['ratio'], result['ratio_min'], result['ratio_max']) == (3, 2, 4)
+    assert (result['a'], result['b']) == (10, 5)
+
+
+def test_a_training_step_is_three_forwards_of_19_6_g_multiply_adds():
+    assert bench.train_gflop_per_image(224) == pytest.approx(117.6)
+    assert bench.train_gflop_per_image(112) == pytest.approx(117.6 / 4)
+
+
+@pytest.mark.slow
+def test_bench_runs_every_part_and_prints_the_speedups(tmp_path):
+    # Keras needs eager execution, which the test process has turned off: a process of its own.
+    out = subprocess.run(
+        [sys.executable, 'bench.py', '--json', '--images', '12', '--long-side', '64',
+         '--image-size', '32', '--batch-size', '2', '--classes', '3', '--pairs', '1',
+         '--pipeline-batches', '2'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    for name in ('pipeline', 'train', 'inference'):
+        assert result[name + '_speedup'] > 0 and result[name]['a'] > 0 and result[name]['b'] > 0
+    assert result['matmul_gflops']['fp32'] > 0 and result['train_gflops'] > 0
+    assert os.listdir(str(tmp_path)) == []  # its JPEGs and checkpoint removed
+
+
+def test_bad_flags_are_one_line_errors():
+    out = subprocess.run([sys.executable, 'bench.py', '--pairs', '0'], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith(
+        '--pairs must be at least 1')
