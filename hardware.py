@@ -5,7 +5,7 @@
   where tensor cores run it several times faster than float32;
 - bf16 (oneDNN's bfloat16 graph rewrite) on CPUs with native bfloat16 (AMX or AVX512-BF16);
   bfloat16 keeps float32's range, so it needs no loss scaling;
-- fp32 everywhere else: without the hardware, both are emulated and slower than float32.
+- fp32 everywhere else: without the hardware, TensorFlow's rewrites leave the graph float32.
 The variables, and so the checkpoints, stay float32 in every mode.
 """
 import logging
@@ -15,6 +15,12 @@ import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 log = logging.getLogger(__name__)
+
+# XLA compiles for CPUs too only with this flag, which TensorFlow reads once, at the first
+# session of the process: set it on import. Without --xla (global_jit_level) it does nothing.
+if '--tf_xla_cpu_global_jit' not in os.environ.get('TF_XLA_FLAGS', ''):
+    os.environ['TF_XLA_FLAGS'] = (os.environ.get('TF_XLA_FLAGS', '') +
+                                  ' --tf_xla_cpu_global_jit').strip()
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 CPU_BF16_FLAGS = ('amx_bf16', 'avx512_bf16')
@@ -57,15 +63,19 @@ def gpu_capabilities():
 
 def choose_precision(requested, gpus, flags):
     """(precision, reason): `requested` made concrete for GPUs of capabilities `gpus` and CPU
-    feature `flags`. An explicit choice stands, except fp16 without a GPU (HardwareError)."""
+    feature `flags`. A choice the machine cannot run is a HardwareError: TensorFlow would
+    quietly run it in float32 instead."""
     cpu_bf16 = sorted(set(CPU_BF16_FLAGS) & set(flags))
     if requested == 'fp16' and not gpus:
         raise HardwareError('--precision fp16 needs a GPU and none is visible: use --precision '
-                            'auto, fp32 or bf16')
+                            'auto or fp32')
+    if requested == 'bf16' and (gpus or not cpu_bf16):
+        raise HardwareError('--precision bf16 is oneDNN on CPUs with %s, which %s: use '
+                            '--precision auto%s' % (' or '.join(CPU_BF16_FLAGS),
+                                                    'a GPU run does not use' if gpus else
+                                                    'this CPU lacks', ' or fp16' if gpus else
+                                                    ' or fp32'))
     if requested != 'auto':
-        if requested == 'bf16' and not gpus and not cpu_bf16:
-            return 'bf16', ('as asked, though this CPU has no native bfloat16 (%s): it is '
-                            'emulated, and slower than fp32' % ', '.join(CPU_BF16_FLAGS))
         return requested, 'as asked'
     if gpus and min(gpus) >= FP16_MIN_CAPABILITY:
         return 'fp16', 'GPU compute capability %d.%d has tensor cores' % min(gpus)
@@ -97,9 +107,6 @@ def session_config(precision='fp32', xla=False):
     elif precision == 'fp16':
         rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
     if xla:
-        # On CPUs TensorFlow clusters ops for XLA only with this flag, read when XLA first loads.
-        os.environ['TF_XLA_FLAGS'] = ' '.join(
-            [os.environ.get('TF_XLA_FLAGS', ''), '--tf_xla_cpu_global_jit']).strip()
         config.graph_options.optimizer_options.global_jit_level = tf.OptimizerOptions.ON_1
     return config
 
