@@ -174,11 +174,11 @@ def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog
 
     # Interrupted at step 3, run again with more steps: the global step continues and the
     # momentum comes back from the checkpoint rather than starting at zero.
-    # bfloat16 (emulated on a CPU without it) computes in 16 bits; the weights stay float32.
+    # The precision is how steps run, not part of the model: a resumed run chooses again.
     caplog.clear()
-    assert train.main(flags + ['--max-steps', '5', '--precision', 'bf16']) == 0
+    assert train.main(flags + ['--max-steps', '5', '--precision', 'fp32']) == 0
     assert 'resuming from' in caplog.text and '(step 3)' in caplog.text
-    assert 'precision bf16' in caplog.text
+    assert 'precision fp32: as asked' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-5')
     saved = tf.train.load_checkpoint(out).get_variable_to_shape_map()
     assert 'vgg_19/fc8/weights/Momentum' in saved
