@@ -56,21 +56,36 @@ def test_same_logits_as_slim_reference():
     assert 'vgg_19/fc8' in end_points and 'vgg_19/conv5/conv5_4' in end_points
 
 
-@pytest.mark.parametrize('size', [1, 2, 3, 6])
-def test_fc6_on_small_maps_equals_the_full_7x7_convolution(size):
+@pytest.mark.parametrize('outputs, kernel, padding, size', [
+    (4096, 7, 'SAME', 1), (4096, 7, 'SAME', 2), (4096, 7, 'SAME', 3), (4096, 7, 'SAME', 6),
+    (4096, 7, 'VALID', 7),  # fc6 at 224 px: a matmul
+    (4096, 7, 'VALID', 9),  # larger inputs: a sliding 7x7 window
+    (1000, 1, 'SAME', 1), (100, 1, 'SAME', 3),  # fc7 and fc8: matmuls
+])
+def test_fully_connected_layers_compute_what_slims_convolution_does(outputs, kernel, padding,
+                                                                     size):
     net = tf.constant(np.random.RandomState(size).uniform(0, 1, [2, size, size, 512]), tf.float32)
     with tf.variable_scope('ours'):
-        ours = model._fc6(net, 'SAME', model.WEIGHT_DECAY, 'xavier', 'outputs')
+        ours = model._fully_connected(net, outputs, kernel, padding, model.WEIGHT_DECAY,
+                                      'xavier', 'outputs', scope='fc')
     with tf.variable_scope('ref'):
-        reference = slim.conv2d(net, 4096, [7, 7], padding='SAME', scope='fc6')
-    weights = {v.op.name.split('/', 1)[0]: v for v in tf.global_variables()
-               if v.op.name.endswith('fc6/weights')}
-    assert weights['ours'].shape.as_list() == [7, 7, 512, 4096]
+        reference = slim.conv2d(net, outputs, [kernel, kernel], padding=padding, scope='fc')
+    assert ours.shape.as_list() == reference.shape.as_list()
+    variables = {v.op.name: v for v in tf.global_variables()}
+    # Forward and gradients, for the loss of a random projection of the output.
+    projection = tf.constant(np.random.RandomState(0).normal(size=reference.shape.as_list()),
+                             tf.float32)
+    gradients = {side: tf.gradients(tf.reduce_sum(out * projection),
+                                    [net, variables[side + '/fc/weights']])
+                 for side, out in (('ours', ours), ('ref', reference))}
+    assert variables['ours/fc/weights'].shape.as_list() == [kernel, kernel, 512, outputs]
     with tf.Session() as session:
         session.run(tf.global_variables_initializer())
-        weights['ours'].load(session.run(weights['ref']), session)
-        a, b = session.run([ours, reference])
-    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+        for name in ('weights', 'biases'):
+            variables['ours/fc/' + name].load(session.run(variables['ref/fc/' + name]), session)
+        a, b = session.run([(ours, gradients['ours']), (reference, gradients['ref'])])
+    for x, y in zip([a[0]] + a[1], [b[0]] + b[1]):
+        assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max()
 
 
 @pytest.mark.parametrize('size,expected', [(224, ('VALID', False)), (256, ('VALID', True)),
