@@ -21,6 +21,7 @@ import json
 import logging
 import signal
 import threading
+import time
 
 import tensorflow.compat.v1 as tf
 
@@ -222,12 +223,12 @@ def average_gradients(tower_gradients):
     return averaged
 
 
-def minimize(optimizer, losses, devices, task, var_list, global_step):
+def minimize(optimizer, losses, devices, task, var_list, global_step, before=()):
     """One update with the average of the gradients of `losses` (one per tower, each computed
-    on its own device) over `var_list`."""
+    on its own device, after the ops `before`) over `var_list`."""
     tower_gradients = []
     for loss, device in zip(losses, devices):
-        with placed(tower_device_setter(device, task)):
+        with placed(tower_device_setter(device, task)), tf.control_dependencies(before):
             tower_gradients.append(optimizer.compute_gradients(loss, var_list=var_list))
     return optimizer.apply_gradients(average_gradients(tower_gradients), global_step=global_step)
 
@@ -250,8 +251,7 @@ def sync_replicas(optimizer, task):
     workers = num_trainers(task)
     optimizer = tf.train.SyncReplicasOptimizer(optimizer, replicas_to_aggregate=workers,
                                                total_num_replicas=workers)
-    return optimizer, [optimizer.make_session_run_hook(is_chief(task)),
-                       SyncStopHook(optimizer, workers)]
+    return optimizer, [SyncReplicasHook(optimizer, task)]
 
 
 class StepCountHook(tf.train.SessionRunHook):
@@ -261,12 +261,33 @@ class StepCountHook(tf.train.SessionRunHook):
     def __init__(self, task):
         self._name, self._steps = '%s:%d' % (task.job, task.index), 0
 
+    def after_create_session(self, session, coord):
+        # A second one in a log: the session was made again, after a task of the cluster failed.
+        log.info('%s: session ready at global step %d', self._name,
+                 session.run(tf.train.get_global_step()))
+
     def after_run(self, run_context, run_values):
         self._steps += 1
 
     def end(self, session):
         log.info('%s ran %d steps of the global step %d', self._name, self._steps,
                  session.run(tf.train.get_global_step()))
+
+
+def wait_for_chief(target, config, timeout_secs=3600):
+    """Wait until the chief has initialised (or restored) the model, checking every second:
+    MonitoredTrainingSession's worker session checks every 30 s."""
+    uninitialized = tf.report_uninitialized_variables(tf.global_variables())
+    deadline = time.time() + timeout_secs
+    with tf.Session(target, config=config) as session:
+        while time.time() < deadline:
+            try:
+                if not len(session.run(uninitialized)):
+                    return
+            except (tf.errors.UnavailableError, tf.errors.AbortedError):
+                pass  # a parameter server not up yet
+            time.sleep(1)
+    raise ClusterError('the chief did not initialise the model within %d s' % timeout_secs)
 
 
 def session_config(task, devices):
@@ -304,23 +325,54 @@ def serve(task):
     log.info('parameter server ps:%d stopped', task.index)
 
 
-class SyncStopHook(tf.train.SessionRunHook):
-    """Synchronous training needs every worker at every step, so it ends for all when one ends:
-    a worker that ends raises a flag on the parameter servers and hands out tokens, so that
-    those waiting for a step that can no longer be aggregated return, see it and stop."""
+class SyncReplicasHook(tf.train.SessionRunHook):
+    """What SyncReplicasOptimizer's own hook does (initial tokens; the chief's thread that
+    aggregates the gradients and hands out the tokens of the next step), without its hang at
+    the end: synchronous training needs every worker at every step, so it ends for all when one
+    ends. A worker that ends raises a flag on the parameter servers and hands out tokens, so
+    those waiting for a step that can no longer be aggregated return, see the flag and stop."""
 
-    def __init__(self, sync_optimizer, num_workers):
-        self._optimizer, self._num_workers = sync_optimizer, num_workers
+    def __init__(self, sync_optimizer, task):
+        self._optimizer, self._chief, self._workers = sync_optimizer, is_chief(task), \
+            num_trainers(task)
 
     def begin(self):
-        global_step = tf.train.get_global_step()
+        optimizer = self._optimizer
+        if self._chief:
+            self._local_init = optimizer.chief_init_op
+            self._start_tokens = optimizer.get_init_tokens_op()
+            self._aggregate = optimizer.get_chief_queue_runner().enqueue_ops[0]
+        else:
+            self._local_init = optimizer.local_step_init_op
         # A local variable: on the parameter servers, but not in checkpoints (a resumed run
-        # would end at once) and reset by every worker that starts.
-        with tf.device(global_step.device):
+        # would end at once), and set back by every worker that starts.
+        with tf.device(tf.train.get_global_step().device):
             self._done = tf.Variable(False, trainable=False, name='sync_replicas_done',
                                      collections=[tf.GraphKeys.LOCAL_VARIABLES])
-            self._finish = tf.group(self._done.assign(True),
-                                    self._optimizer.get_init_tokens_op(self._num_workers))
+            self._set_done = self._done.assign(True)
+            self._end_tokens = optimizer.get_init_tokens_op(self._workers)
+
+    def after_create_session(self, session, coord):
+        missing = session.run(self._optimizer.ready_for_local_init_op)
+        if len(missing):
+            raise RuntimeError('SyncReplicasOptimizer: variables not initialised: %s' % missing)
+        session.run(self._local_init)
+        if self._chief:
+            session.run(self._start_tokens)
+            # Not registered with `coord`: at the end it waits on gradients that will not come,
+            # until closing the session cancels it.
+            threading.Thread(target=self._aggregate_steps, args=(session, coord),
+                             daemon=True).start()
+
+    def _aggregate_steps(self, session, coord):
+        try:
+            while not coord.should_stop():
+                session.run(self._aggregate)
+        except (tf.errors.CancelledError, tf.errors.OutOfRangeError, tf.errors.AbortedError,
+                tf.errors.UnavailableError):
+            pass  # the session closed, or a task went away: the training loop sees to it
+        except Exception as e:  # noqa: B902 (anything else stops training with its error)
+            coord.request_stop(e)
 
     def before_run(self, run_context):
         return tf.train.SessionRunArgs(self._done)
@@ -331,4 +383,15 @@ class SyncStopHook(tf.train.SessionRunHook):
             run_context.request_stop()
 
     def end(self, session):
-        session.run(self._finish)
+        session.run(self._set_done)
+        session.run(self._end_tokens)
+
+
+def stored_on_ps(fed):
+    """The value of placeholder `fed` kept in a variable beside the global step, and the op that
+    stores it, to run before each step: SyncReplicasOptimizer makes its update in the chief's
+    queue runner, where nothing is fed."""
+    with tf.device(tf.train.get_global_step().device):
+        stored = tf.Variable(0.0, trainable=False, name=fed.op.name + '_stored',
+                             collections=[tf.GraphKeys.LOCAL_VARIABLES])
+    return stored, [stored.assign(fed)]

@@ -334,9 +334,9 @@ class LoggingHook(tf.train.SessionRunHook):
         step, now = run_context.session.run(self._step), time.time()
         if self._mark is None:
             self._mark = (step, now)
-        elif step % self._every == 0 or step >= self._last_step:
+        elif step != self._mark[0] and (step % self._every == 0 or step >= self._last_step):
             speed = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
-            left = (self._last_step - step) / max(speed, 1e-9)
+            left = max(self._last_step - step, 0) / max(speed, 1e-9)
             log.info('step %d/%d  loss %.4f  total_loss %.4f  batch accuracy %.2f  lr %.3g  '
                      '%.1f images/s  %dh%02dm left', step, self._last_step, values['loss'],
                      values['total_loss'], values['train_accuracy'], values['learning_rate'],
@@ -422,7 +422,8 @@ def _train(args, extra_hooks):
     latest = tf.train.latest_checkpoint(args.checkpoint_dir)
     check_inputs(args, resuming=latest is not None or not chief)
     dataset = data.load_dataset(args.dataset, args.val_fraction, args.seed)
-    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    if chief:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
     # The image check's cache is the chief's to write; another worker checks its own copy.
     dataset = data.drop_unreadable(
         dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json') if chief else
@@ -437,7 +438,9 @@ def _train(args, extra_hooks):
     if num_train < args.batch_size:
         raise data.DatasetError('--batch-size %d is larger than the %d training images of %s'
                                 % (args.batch_size, num_train, args.dataset))
-    last_step = args.head_steps + total_steps(num_train, args.batch_size, args.epochs)
+    # A synchronous step takes a batch from every worker: the same epochs in fewer steps.
+    step_batch = args.batch_size * (parallel.num_trainers(args.task) if args.sync_replicas else 1)
+    last_step = args.head_steps + total_steps(num_train, step_batch, args.epochs)
     last_step = min(last_step, args.max_steps) if args.max_steps else last_step
     log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
              args.dataset, dataset.layout, num_classes, num_train, num_val, last_step,
@@ -479,14 +482,15 @@ def _train(args, extra_hooks):
     stages = {'main': variables_in(args.trainable_scopes, '--trainable-scopes')}
     if args.head_steps:
         stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
-    train_ops, sync_hooks = {}, []
+    train_ops, sync_hooks, rate, store_rate = {}, [], learning_rate, []
+    if args.sync_replicas:
+        rate, store_rate = parallel.stored_on_ps(learning_rate)
     for stage, var_list in stages.items():  # main first: its names are a one-stage run's
-        optimizer = OPTIMIZERS[args.optimizer](learning_rate, args,
-                                               'head_' if stage == 'head' else '')
+        optimizer = OPTIMIZERS[args.optimizer](rate, args, 'head_' if stage == 'head' else '')
         if args.sync_replicas:
             optimizer, sync_hooks = parallel.sync_replicas(optimizer, args.task)
         update = parallel.minimize(optimizer, [t['total_loss'] for t in towers], devices,
-                                   args.task, var_list, global_step)
+                                   args.task, var_list, global_step, before=store_rate)
         with tf.control_dependencies([update]):
             train_ops[stage] = global_step.read_value()  # the step after the update
     best_dir = os.path.join(args.checkpoint_dir, model.BEST_DIR)
@@ -532,13 +536,14 @@ def _train(args, extra_hooks):
     # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
     nan_guard = [tf.train.NanTensorHook(total_loss)]
     scaffold = tf.train.Scaffold(init_fn=init_fn)
+    if not chief:
+        parallel.wait_for_chief(server.target, config)
     try:
         session = tf.train.MonitoredTrainingSession(
             master=server.target if server else '', is_chief=chief, config=config,
             checkpoint_dir=args.checkpoint_dir, scaffold=scaffold, hooks=hooks,
             chief_only_hooks=nan_guard, save_checkpoint_secs=args.save_every_secs,
-            save_summaries_steps=args.summary_every, log_step_count_steps=0,
-            stop_grace_period_secs=STOP_GRACE_SECS)
+            save_summaries_steps=args.summary_every, log_step_count_steps=0)
     except tf.errors.NotFoundError as e:
         raise model.SettingsError(
             '%s does not hold what this run needs (%s): it was saved with another --optimizer, '
@@ -570,10 +575,6 @@ def _train(args, extra_hooks):
     log.info('done: checkpoints in %s, training curves in %s; next: python evaluate.py '
              '--checkpoint-dir %s, python inference.py --checkpoint-dir %s IMAGE',
              args.checkpoint_dir, curves, args.checkpoint_dir, args.checkpoint_dir)
-
-
-# Threads (the queue runner of --sync-replicas) that wait on workers gone can be left at the end.
-STOP_GRACE_SECS = 10
 
 
 def variables_in(text, flag):
