@@ -223,14 +223,20 @@ def average_gradients(tower_gradients):
     return averaged
 
 
-def minimize(optimizer, losses, devices, task, var_list, global_step, before=()):
-    """One update with the average of the gradients of `losses` (one per tower, each computed
-    on its own device, after the ops `before`) over `var_list`."""
-    tower_gradients = []
+def tower_gradients(optimizer, losses, devices, task, var_list, before=()):
+    """[(gradient, variable)] over `var_list`: the average of the gradients of `losses` (one per
+    tower, each computed on its own device, after the ops `before`)."""
+    gradients = []
     for loss, device in zip(losses, devices):
         with placed(tower_device_setter(device, task)), tf.control_dependencies(before):
-            tower_gradients.append(optimizer.compute_gradients(loss, var_list=var_list))
-    return optimizer.apply_gradients(average_gradients(tower_gradients), global_step=global_step)
+            gradients.append(optimizer.compute_gradients(loss, var_list=var_list))
+    return average_gradients(gradients)
+
+
+def minimize(optimizer, losses, devices, task, var_list, global_step, before=()):
+    """One update with the towers' averaged gradients (`tower_gradients`)."""
+    return optimizer.apply_gradients(
+        tower_gradients(optimizer, losses, devices, task, var_list, before), global_step)
 
 
 # ---------------------------------------------------------------------------------------------
