@@ -313,9 +313,10 @@ def start_server(task, config=None):
         return tf.train.Server(tf.train.ClusterSpec(task.cluster), job_name=task.job,
                                task_index=task.index, config=config, start=True)
     except (tf.errors.OpError, ValueError) as e:
-        raise ClusterError('cannot serve %s:%d at %s: %s' % (
-            task.job, task.index, task.cluster[task.job][task.index],
-            str(e).strip().splitlines()[0][:200]))
+        raise ClusterError('cannot serve %s:%d at %s: %s; is the port in use, or the host not '
+                           'this machine?' % (task.job, task.index,
+                                              task.cluster[task.job][task.index],
+                                              str(e).strip().splitlines()[0][:200]))
 
 
 def serve(task):

@@ -109,6 +109,16 @@ def test_parse_args_reads_the_task(monkeypatch):
     assert train.parse_args([]).task is None
 
 
+def test_a_port_in_use_is_a_cluster_error():
+    with socket.socket() as used:
+        used.bind(('localhost', 0))
+        used.listen()
+        address = 'localhost:%d' % used.getsockname()[1]
+        with pytest.raises(parallel.ClusterError, match='cannot serve ps:0 at %s' % address):
+            parallel.start_server(parallel.Task({'ps': [address], 'worker': ['localhost:1']},
+                                                'ps', 0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Towers: two on two logical CPU devices compute what one computes on the whole batch.
 
@@ -224,6 +234,12 @@ class Cluster:
             self.processes[name] = subprocess.Popen(command, stdout=log, stderr=log, env=self.env,
                                                     start_new_session=True)
 
+    def start_all(self, *flags):
+        """The parameter server, then both workers with the same `flags`."""
+        self.start('ps')
+        self.start('w0', *flags)
+        self.start('w1', *flags)
+
     def log_path(self, name):
         return str(self.dir / (name + '.log'))
 
@@ -285,9 +301,7 @@ def cluster(tmp_path, photo_dataset):
 @pytest.mark.slow
 def test_cluster_trains_with_both_workers_and_only_the_chief_writes(cluster):
     c = cluster(step_secs=0.02)
-    c.start('ps')
-    c.start('w0', '--max-steps', '60')
-    c.start('w1', '--max-steps', '60')
+    c.start_all('--max-steps', '60')
     assert c.wait('w0', 120) == 0 and c.wait('w1', 120) == 0, c.logs()
     ran = c.steps_ran('w0') + c.steps_ran('w1')
     assert len(ran) == 2 and min(ran) > 0 and sum(ran) >= 60, ran  # both contributed
@@ -302,9 +316,7 @@ def test_cluster_trains_with_both_workers_and_only_the_chief_writes(cluster):
 @pytest.mark.slow
 def test_a_killed_worker_rejoins_and_the_run_reaches_its_last_step(cluster):
     c = cluster(step_secs=0.05)
-    c.start('ps')
-    c.start('w0', '--max-steps', '300')
-    c.start('w1', '--max-steps', '300')
+    c.start_all('--max-steps', '300')
     c.wait_for(lambda: 'step 20/' in c.log('w1'), 120, 'step 20 on worker 1')
     c.kill('w1')
     c.start('w1', '--max-steps', '300')
@@ -318,9 +330,7 @@ def test_a_killed_worker_rejoins_and_the_run_reaches_its_last_step(cluster):
 @pytest.mark.slow
 def test_workers_recover_from_the_last_checkpoint_when_the_ps_restarts(cluster):
     c = cluster(step_secs=0.05)
-    c.start('ps')
-    c.start('w0', '--max-steps', '200', '--save-every-secs', '1')
-    c.start('w1', '--max-steps', '200', '--save-every-secs', '1')
+    c.start_all('--max-steps', '200', '--save-every-secs', '1')
     c.wait_for(lambda: c.last_checkpoint_step() >= 20, 120, 'a checkpoint after step 20')
     c.kill('ps')
     saved = c.last_checkpoint_step()
