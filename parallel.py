@@ -168,6 +168,11 @@ def cpu_count(devices):
     return max(numbers) + 1 if numbers else 1
 
 
+# The op types replica_device_setter sends to the parameter servers.
+VARIABLE_OPS = ('Variable', 'VariableV2', 'VarHandleOp', 'AutoReloadVariable',
+                'MutableHashTable', 'MutableHashTableOfTensors', 'MutableDenseHashTable')
+
+
 def tower_device_setter(device, task, variables_device='/cpu:0'):
     """Where a tower's ops go: on `device` (of this task in a cluster), with the variables on
     the parameter servers in a cluster, else on `variables_device`, shared by all towers."""
@@ -181,10 +186,6 @@ def tower_device_setter(device, task, variables_device='/cpu:0'):
     def place(op):
         return variables_device if op.type in VARIABLE_OPS else device
     return place
-
-
-VARIABLE_OPS = ('Variable', 'VariableV2', 'VarHandleOp', 'AutoReloadVariable',
-                'MutableHashTable', 'MutableHashTableOfTensors', 'MutableDenseHashTable')
 
 
 def on_towers(devices, task, build, *tensors):
@@ -260,6 +261,78 @@ def sync_replicas(optimizer, task):
     return optimizer, [SyncReplicasHook(optimizer, task)]
 
 
+class SyncReplicasHook(tf.train.SessionRunHook):
+    """What SyncReplicasOptimizer's own hook does (initial tokens; the chief's thread that
+    aggregates the gradients and hands out the tokens of the next step), without its hang at
+    the end: synchronous training needs every worker at every step, so it ends for all when one
+    ends. A worker that ends raises a flag on the parameter servers and hands out tokens, so
+    those waiting for a step that can no longer be aggregated return, see the flag and stop."""
+
+    def __init__(self, sync_optimizer, task):
+        self._optimizer = sync_optimizer
+        self._chief, self._workers = is_chief(task), num_trainers(task)
+
+    def begin(self):
+        optimizer = self._optimizer
+        if self._chief:
+            self._local_init = optimizer.chief_init_op
+            self._start_tokens = optimizer.get_init_tokens_op()
+            self._aggregate = optimizer.get_chief_queue_runner().enqueue_ops[0]
+        else:
+            self._local_init = optimizer.local_step_init_op
+        # A local variable: on the parameter servers, but not in checkpoints (a resumed run
+        # would end at once), and set back by every worker that starts.
+        with tf.device(tf.train.get_global_step().device):
+            self._done = tf.Variable(False, trainable=False, name='sync_replicas_done',
+                                     collections=[tf.GraphKeys.LOCAL_VARIABLES])
+            self._set_done = self._done.assign(True)
+            self._end_tokens = optimizer.get_init_tokens_op(self._workers)
+
+    def after_create_session(self, session, coord):
+        missing = session.run(self._optimizer.ready_for_local_init_op)
+        if len(missing):
+            raise RuntimeError('SyncReplicasOptimizer: variables not initialised: %s' % missing)
+        session.run(self._local_init)
+        if self._chief:
+            session.run(self._start_tokens)
+            # Not registered with `coord`: at the end it waits on gradients that will not come,
+            # until closing the session cancels it.
+            threading.Thread(target=self._aggregate_steps, args=(session, coord),
+                             daemon=True).start()
+
+    def _aggregate_steps(self, session, coord):
+        try:
+            while not coord.should_stop():
+                session.run(self._aggregate)
+        except (tf.errors.CancelledError, tf.errors.OutOfRangeError, tf.errors.AbortedError,
+                tf.errors.UnavailableError):
+            pass  # the session closed, or a task went away: the training loop sees to it
+        except Exception as e:  # anything else stops training, with its error
+            coord.request_stop(e)
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self._done)
+
+    def after_run(self, run_context, run_values):
+        if run_values.results:
+            log.info('another worker has ended: synchronous training stops here')
+            run_context.request_stop()
+
+    def end(self, session):
+        session.run(self._set_done)
+        session.run(self._end_tokens)
+
+
+def stored_on_ps(fed):
+    """(variable, [op]): placeholder `fed`'s value kept in a variable beside the global step,
+    and the op that stores it, to run before each step's gradients: SyncReplicasOptimizer makes
+    its update in the chief's thread, where nothing is fed."""
+    with tf.device(tf.train.get_global_step().device):
+        stored = tf.Variable(0.0, trainable=False, name=fed.op.name + '_stored',
+                             collections=[tf.GraphKeys.LOCAL_VARIABLES])
+    return stored, [stored.assign(fed)]
+
+
 class StepCountHook(tf.train.SessionRunHook):
     """Counts the steps this trainer ran and says so at the end: in a cluster, what each
     worker contributed."""
@@ -330,75 +403,3 @@ def serve(task):
     while not stop.wait(0.5):  # a timeout keeps the signal handlers running
         pass
     log.info('parameter server ps:%d stopped', task.index)
-
-
-class SyncReplicasHook(tf.train.SessionRunHook):
-    """What SyncReplicasOptimizer's own hook does (initial tokens; the chief's thread that
-    aggregates the gradients and hands out the tokens of the next step), without its hang at
-    the end: synchronous training needs every worker at every step, so it ends for all when one
-    ends. A worker that ends raises a flag on the parameter servers and hands out tokens, so
-    those waiting for a step that can no longer be aggregated return, see the flag and stop."""
-
-    def __init__(self, sync_optimizer, task):
-        self._optimizer, self._chief, self._workers = sync_optimizer, is_chief(task), \
-            num_trainers(task)
-
-    def begin(self):
-        optimizer = self._optimizer
-        if self._chief:
-            self._local_init = optimizer.chief_init_op
-            self._start_tokens = optimizer.get_init_tokens_op()
-            self._aggregate = optimizer.get_chief_queue_runner().enqueue_ops[0]
-        else:
-            self._local_init = optimizer.local_step_init_op
-        # A local variable: on the parameter servers, but not in checkpoints (a resumed run
-        # would end at once), and set back by every worker that starts.
-        with tf.device(tf.train.get_global_step().device):
-            self._done = tf.Variable(False, trainable=False, name='sync_replicas_done',
-                                     collections=[tf.GraphKeys.LOCAL_VARIABLES])
-            self._set_done = self._done.assign(True)
-            self._end_tokens = optimizer.get_init_tokens_op(self._workers)
-
-    def after_create_session(self, session, coord):
-        missing = session.run(self._optimizer.ready_for_local_init_op)
-        if len(missing):
-            raise RuntimeError('SyncReplicasOptimizer: variables not initialised: %s' % missing)
-        session.run(self._local_init)
-        if self._chief:
-            session.run(self._start_tokens)
-            # Not registered with `coord`: at the end it waits on gradients that will not come,
-            # until closing the session cancels it.
-            threading.Thread(target=self._aggregate_steps, args=(session, coord),
-                             daemon=True).start()
-
-    def _aggregate_steps(self, session, coord):
-        try:
-            while not coord.should_stop():
-                session.run(self._aggregate)
-        except (tf.errors.CancelledError, tf.errors.OutOfRangeError, tf.errors.AbortedError,
-                tf.errors.UnavailableError):
-            pass  # the session closed, or a task went away: the training loop sees to it
-        except Exception as e:  # noqa: B902 (anything else stops training with its error)
-            coord.request_stop(e)
-
-    def before_run(self, run_context):
-        return tf.train.SessionRunArgs(self._done)
-
-    def after_run(self, run_context, run_values):
-        if run_values.results:
-            log.info('another worker has ended: synchronous training stops here')
-            run_context.request_stop()
-
-    def end(self, session):
-        session.run(self._set_done)
-        session.run(self._end_tokens)
-
-
-def stored_on_ps(fed):
-    """The value of placeholder `fed` kept in a variable beside the global step, and the op that
-    stores it, to run before each step: SyncReplicasOptimizer makes its update in the chief's
-    queue runner, where nothing is fed."""
-    with tf.device(tf.train.get_global_step().device):
-        stored = tf.Variable(0.0, trainable=False, name=fed.op.name + '_stored',
-                             collections=[tf.GraphKeys.LOCAL_VARIABLES])
-    return stored, [stored.assign(fed)]
