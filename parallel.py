@@ -173,9 +173,12 @@ VARIABLE_OPS = ('Variable', 'VariableV2', 'VarHandleOp', 'AutoReloadVariable',
                 'MutableHashTable', 'MutableHashTableOfTensors', 'MutableDenseHashTable')
 
 
-def tower_device_setter(device, task, variables_device='/cpu:0'):
+def tower_device_setter(device, task, variables_device):
     """Where a tower's ops go: on `device` (of this task in a cluster), with the variables on
-    the parameter servers in a cluster, else on `variables_device`, shared by all towers."""
+    the parameter servers in a cluster, else on `variables_device`, shared by all towers: the
+    first tower's device, as tf_cnn_benchmarks keeps them on a GPU, since VGG19's 575 MB of
+    weights would otherwise cross from the CPU to every GPU at every step (not measured here:
+    no GPU on the development machines)."""
     if task is not None:
         worker = task_device(task) + (device or '')
         return tf.train.replica_device_setter(worker_device=worker,
@@ -193,12 +196,13 @@ def on_towers(devices, task, build, *tensors):
     build(*shares, reuse) for each tower: the first tower creates the variables, the others
     reuse them."""
     if len(devices) == 1:
-        with placed(tower_device_setter(devices[0], task)):
+        with placed(tower_device_setter(devices[0], task, devices[0])):
             return [build(*tensors, reuse=None)]
     shares = [tf.split(t, len(devices)) for t in tensors]
     results = []
     for i, device in enumerate(devices):
-        with placed(tower_device_setter(device, task)), tf.name_scope('tower_%d' % i):
+        with placed(tower_device_setter(device, task, devices[0])), tf.name_scope(
+                'tower_%d' % i):
             results.append(build(*[s[i] for s in shares], reuse=True if i else None))
     return results
 
@@ -229,7 +233,8 @@ def tower_gradients(optimizer, losses, devices, task, var_list, before=()):
     tower, each computed on its own device, after the ops `before`)."""
     gradients = []
     for loss, device in zip(losses, devices):
-        with placed(tower_device_setter(device, task)), tf.control_dependencies(before):
+        with placed(tower_device_setter(device, task, devices[0])), tf.control_dependencies(
+                before):
             gradients.append(optimizer.compute_gradients(loss, var_list=var_list))
     return average_gradients(gradients)
 
@@ -370,11 +375,12 @@ def wait_for_chief(target, config, timeout_secs=3600):
 
 
 def session_config(task, devices):
-    """The ConfigProto of this trainer: the device filters in a cluster, and as many logical
-    CPU devices as the towers name (None: TensorFlow's defaults)."""
-    if task is None and cpu_count(devices) == 1:
+    """The ConfigProto of this trainer: the device filters in a cluster, as many logical CPU
+    devices as the towers name, and ops without a kernel for a tower's device (a GPU) moved to
+    one that has (None: one tower, TensorFlow's defaults)."""
+    if task is None and devices == [None]:
         return None
-    config = tf.ConfigProto(device_count={'CPU': cpu_count(devices)})
+    config = tf.ConfigProto(device_count={'CPU': cpu_count(devices)}, allow_soft_placement=True)
     if task is not None:
         config.device_filters.extend(device_filters(task))
     return config

@@ -77,6 +77,27 @@ def test_tower_devices():
     assert parallel.cpu_count(['/cpu:0', '/device:CPU:2']) == 3
     assert parallel.cpu_count([None]) == parallel.cpu_count(['/device:GPU:1']) == 1
     assert parallel.session_config(None, [None]) is None
+    assert parallel.session_config(None, ['/device:GPU:0', '/device:GPU:1']).allow_soft_placement
+
+
+def test_gpu_towers_are_placed_with_the_variables_on_the_first():
+    """Graph placement only (no GPU here): each tower's ops on its GPU, one set of variables."""
+    devices = parallel.tower_devices(2, '', 8, 2)
+
+    def build(images, reuse):
+        with tf.variable_scope('net', reuse=reuse):
+            weights = tf.get_variable('weights', [3, 2])
+            return tf.reduce_sum(tf.matmul(images, weights))
+    losses = parallel.on_towers(devices, None, build, tf.ones([8, 3]))
+    gradients = parallel.tower_gradients(tf.train.GradientDescentOptimizer(0.1), losses, devices,
+                                         None, tf.trainable_variables())
+    assert [v.op.name for v in tf.global_variables()] == ['net/weights']
+    assert tf.global_variables()[0].device.upper() == '/DEVICE:GPU:0'
+    assert [loss.device.upper() for loss in losses] == ['/DEVICE:GPU:0', '/DEVICE:GPU:1']
+    graph = tf.get_default_graph()
+    assert any(op.device.upper() == '/DEVICE:GPU:1' and op.name.startswith('gradients_1/')
+               for op in graph.get_operations())
+    assert gradients[0][1] is tf.global_variables()[0]
 
 
 @pytest.mark.parametrize('flags, tf_config, message', [
