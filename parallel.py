@@ -258,8 +258,8 @@ def trainer_device_setter(task):
 
 
 def sync_replicas(optimizer, task):
-    """`optimizer` made synchronous over the trainers of `task`'s cluster (every step averages
-    one batch of each), and the hooks it needs."""
+    """`optimizer` made synchronous over the trainers of `task`'s cluster (every update averages
+    as many batches as there are trainers), and the hooks it needs."""
     workers = num_trainers(task)
     optimizer = tf.train.SyncReplicasOptimizer(optimizer, replicas_to_aggregate=workers,
                                                total_num_replicas=workers)

@@ -156,8 +156,8 @@ def add_parallel_flags(p):
     p.add_argument('--task-index', type=int, default=0, help="cluster: this process's index in "
                                                              "its job")
     p.add_argument('--sync-replicas', action='store_true',
-                   help='cluster: synchronous updates, each averaging one batch of every worker '
-                        '(default: each worker updates on its own)')
+                   help='cluster: synchronous updates, each averaging as many batches as there '
+                        'are workers (default: each worker updates on its own)')
 
 
 def check_parallel_flags(p, args):
