@@ -44,6 +44,7 @@ import demo  # noqa: E402
 import hardware  # noqa: E402
 import inference  # noqa: E402
 import model  # noqa: E402
+import train  # noqa: E402
 
 # VGG19 forward at 224 px: 19.6 G multiply-adds an image (2 FLOPs each); a training step
 # (forward, gradients of activations and of weights) costs about three forwards. Convolutions
@@ -170,8 +171,8 @@ def settings_for(args):
 
 
 class SlimTrainer:
-    """train.py's step on a fixed batch: model.classifier, cross entropy with weight decay,
-    momentum 0.9 (loss-scaled for fp16), run in hardware.session_config."""
+    """train.py's step on a fixed batch, with its default flags: train.tower_loss (VGG19, cross
+    entropy, weight decay), momentum 0.9 (loss-scaled for fp16), hardware.session_config."""
 
     def __init__(self, args, images, labels, precision):
         self.settings = settings_for(args)
@@ -179,11 +180,9 @@ class SlimTrainer:
         with self.graph.as_default():
             batch = tf.data.make_one_shot_iterator(
                 tf.data.Dataset.from_tensors((images, labels)).repeat()).get_next()
-            logits, _ = model.classifier(batch[0], self.settings, is_training=True)
-            loss = tf.losses.sparse_softmax_cross_entropy(batch[1], logits)
-            total_loss = loss + tf.losses.get_regularization_loss()
+            loss = train.tower_loss(batch[0], batch[1], self.settings, train.parse_args([]))
             optimizer = hardware.loss_scaled(tf.train.MomentumOptimizer(1e-3, 0.9), precision)
-            self.train_op = optimizer.minimize(total_loss)
+            self.train_op = optimizer.minimize(loss['total_loss'])
             self.saver = tf.train.Saver(slim.get_model_variables())
             init = tf.global_variables_initializer()
             self.graph.finalize()

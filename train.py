@@ -28,6 +28,7 @@ import data  # noqa: E402
 import evaluate  # noqa: E402
 import hardware  # noqa: E402
 import model  # noqa: E402
+import parallel  # noqa: E402
 
 log = logging.getLogger('train')
 
@@ -106,6 +107,7 @@ def parse_args(argv=None):
     p.add_argument('--summary-every', type=int, default=30, help='steps between summaries')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
     hardware.add_flags(p)
+    add_parallel_flags(p)
     args = p.parse_args(argv)
     if args.demo:
         p.set_defaults(**DEMO)
@@ -135,7 +137,46 @@ def parse_args(argv=None):
         p.error('--image-size must be at least 32 (VGG19 halves it five times)')
     if not 0 < args.val_fraction < 1:
         p.error('--val-fraction must be between 0 and 1')
+    check_parallel_flags(p, args)
     return args
+
+
+def add_parallel_flags(p):
+    """Towers on several devices, and the cluster (see parallel.py)."""
+    p.add_argument('--num-gpus', type=int, default=None,
+                   help='towers on GPUs 0..N-1 of this machine, the batch split between them '
+                        '(default: all visible GPUs; one tower on the CPU without any)')
+    p.add_argument('--devices', default='',
+                   help='comma-separated devices of the towers instead, e.g. /cpu:0,/cpu:1 '
+                        '(logical CPU devices are made for them, to try towers without GPUs)')
+    p.add_argument('--ps-hosts', default='', help='cluster: comma-separated host:port of the '
+                                                  'parameter servers (or TF_CONFIG)')
+    p.add_argument('--worker-hosts', default='', help='cluster: host:port of the workers; the '
+                                                      'first is the chief')
+    p.add_argument('--job-name', choices=('ps', 'worker'), default=None,
+                   help="cluster: this process's job")
+    p.add_argument('--task-index', type=int, default=0, help="cluster: this process's index in "
+                                                             "its job")
+    p.add_argument('--sync-replicas', action='store_true',
+                   help='cluster: synchronous updates, each averaging as many batches as there '
+                        'are workers (default: each worker updates on its own)')
+
+
+def check_parallel_flags(p, args):
+    """args.task: this process's task in the cluster (None: no cluster), from the flags or
+    TF_CONFIG; conflicting or impossible settings are usage errors."""
+    try:
+        args.task = parallel.task_from(args, os.environ.get('TF_CONFIG'))
+    except parallel.ClusterError as e:
+        p.error(str(e))
+    if args.num_gpus is not None and args.num_gpus < 1:
+        p.error('--num-gpus must be at least 1')
+    if args.num_gpus is not None and args.devices:
+        p.error('--num-gpus and --devices both name the towers: give one')
+    if args.sync_replicas and args.task is None:
+        p.error('--sync-replicas needs a cluster: TF_CONFIG or --ps-hosts/--worker-hosts')
+    if args.sync_replicas and args.head_steps:
+        p.error('--sync-replicas does not go with --head-steps: train the stages in two runs')
 
 
 def scopes(text):
@@ -193,6 +234,35 @@ OPTIMIZERS = {
     'rmsprop': lambda lr, args, name: tf.train.RMSPropOptimizer(lr, decay=0.9, epsilon=1e-7,
                                                                 name=name + 'RMSProp'),
 }
+
+
+def tower_loss(images, labels, settings, args, weights_by_class=None, reuse=None):
+    """The model and its loss on one tower's images: a dict of logits, loss (cross entropy,
+    smoothed and weighted as `args` say), total_loss (plus the weight decay) and train_accuracy.
+
+    The weight decay is counted once, in the tower that creates the variables; the other towers
+    (reuse=True) share them, so the averaged gradient is that of the whole batch.
+    """
+    logits, _ = model.classifier(images, settings, is_training=True, reuse=reuse,
+                                 weight_decay=args.weight_decay, init=args.init,
+                                 dropout_keep_prob=args.dropout_keep_prob)
+    weights = 1.0
+    if weights_by_class is not None:
+        weights = tf.gather(tf.constant(weights_by_class, tf.float32), labels)
+    loss = tf.losses.softmax_cross_entropy(tf.one_hot(labels, len(settings['class_ids'])),
+                                           logits, weights=weights,
+                                           label_smoothing=args.label_smoothing)
+    total_loss = loss + tf.losses.get_regularization_loss()
+    train_accuracy = tf.reduce_mean(tf.cast(
+        tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32))
+    return {'logits': logits, 'loss': loss, 'total_loss': total_loss,
+            'train_accuracy': train_accuracy}
+
+
+def mean_over(towers, key):
+    """The average of `key` over the towers' results."""
+    values = [t[key] for t in towers]
+    return values[0] if len(values) == 1 else tf.add_n(values) / len(values)
 
 
 def class_weights(labels, num_classes):
@@ -266,9 +336,9 @@ class LoggingHook(tf.train.SessionRunHook):
         step, now = run_context.session.run(self._step), time.time()
         if self._mark is None:
             self._mark = (step, now)
-        elif step % self._every == 0 or step >= self._last_step:
+        elif step != self._mark[0] and (step % self._every == 0 or step >= self._last_step):
             speed = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
-            left = (self._last_step - step) / max(speed, 1e-9)
+            left = max(self._last_step - step, 0) / max(speed, 1e-9)
             log.info('step %d/%d  loss %.4f  total_loss %.4f  batch accuracy %.2f  lr %.3g  '
                      '%.1f images/s  %dh%02dm left', step, self._last_step, values['loss'],
                      values['total_loss'], values['train_accuracy'], values['learning_rate'],
@@ -332,9 +402,21 @@ class ValidationHook(tf.train.SessionRunHook):
 
 
 def train(args, extra_hooks=()):
-    """Train as `args` say; `extra_hooks`: more SessionRunHooks, for a program embedding this."""
-    # Settings and data
+    """Train as `args` say; `extra_hooks`: more SessionRunHooks, for a program embedding this.
+    In a cluster (args.task), the variables live on the parameter servers."""
+    with tf.device(parallel.trainer_device_setter(args.task)):
+        _train(args, extra_hooks)
+
+
+def _train(args, extra_hooks):
+    # Settings and data: the chief alone writes into --checkpoint-dir
+    chief = parallel.is_chief(args.task)
+    devices = parallel.tower_devices(args.num_gpus, args.devices, args.batch_size,
+                                     len(tf.config.list_physical_devices('GPU')))
     precision = hardware.resolve_precision(args.precision)
+    config = parallel.session_config(args.task, devices,
+                                     hardware.session_config(precision, args.xla))
+    server = parallel.start_server(args.task, config) if args.task else None
     if args.demo and not os.path.isdir(args.dataset):
         import demo
         log.info('making the demo dataset in %s, and sample images in %s-samples',
@@ -342,48 +424,53 @@ def train(args, extra_hooks=()):
         demo.make_dataset(args.dataset)
         demo.make_samples(args.dataset + '-samples')
     latest = tf.train.latest_checkpoint(args.checkpoint_dir)
-    check_inputs(args, resuming=latest is not None)
+    check_inputs(args, resuming=latest is not None or not chief)
     dataset = data.load_dataset(args.dataset, args.val_fraction, args.seed)
-    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    if chief:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+    # The image check's cache is the chief's to write; another worker checks its own copy.
     dataset = data.drop_unreadable(
-        dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json'))
+        dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json') if chief else
+        None)
     # Settings left by a run that never saved a checkpoint describe no model: replace them.
     previous = model.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)
-    model.save_settings(args.checkpoint_dir, settings)
+    if chief:
+        model.save_settings(args.checkpoint_dir, settings)
     num_classes = len(dataset.class_ids)
     num_train, num_val = len(dataset.train.paths), len(dataset.validation.paths)
     if num_train < args.batch_size:
         raise data.DatasetError('--batch-size %d is larger than the %d training images of %s'
                                 % (args.batch_size, num_train, args.dataset))
-    last_step = args.head_steps + total_steps(num_train, args.batch_size, args.epochs)
+    # A synchronous step takes a batch from every worker: the same epochs in fewer steps.
+    step_batch = args.batch_size * (parallel.num_trainers(args.task) if args.sync_replicas else 1)
+    last_step = args.head_steps + total_steps(num_train, step_batch, args.epochs)
     last_step = min(last_step, args.max_steps) if args.max_steps else last_step
     log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
              args.dataset, dataset.layout, num_classes, num_train, num_val, last_step,
              args.batch_size)
+    if len(devices) > 1 or args.task:
+        log.info('%s%d tower(s) of %d images (%s)', '%s:%d of %s: ' % (
+            args.task.job, args.task.index, args.task.cluster) if args.task else '', len(devices),
+            args.batch_size // len(devices), ', '.join(d or 'default device' for d in devices))
 
     global_step = tf.train.get_or_create_global_step()
     images, labels = tf.data.make_one_shot_iterator(data.train_pipeline(
         dataset.train, args.image_size, args.batch_size, seed=args.seed)).get_next()
     labels = tf.cast(labels, tf.int32)
 
-    # Model, and the same evaluation graph that evaluate.py runs, on the same variables
-    logits, _ = model.classifier(images, settings, is_training=True,
-                                 weight_decay=args.weight_decay, init=args.init,
-                                 dropout_keep_prob=args.dropout_keep_prob)
-    evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size, reuse=True)
-
-    # Loss: cross entropy (smoothed, weighted as asked) plus the arg_scope's weight decay
-    weights = 1.0
+    # Model and loss (cross entropy, smoothed and weighted as asked, plus the arg_scope's weight
+    # decay): one tower per device on its share of the batch, sharing the variables. Then the
+    # same evaluation graph that evaluate.py runs, on the same variables.
+    per_class = None
     if args.class_weights == 'balanced':
         per_class = class_weights(dataset.train.labels, num_classes)
         log.info('class weights (balanced): %.3g to %.3g', per_class.min(), per_class.max())
-        weights = tf.gather(tf.constant(per_class, tf.float32), labels)
-    loss = tf.losses.softmax_cross_entropy(tf.one_hot(labels, num_classes), logits,
-                                           weights=weights, label_smoothing=args.label_smoothing)
-    total_loss = loss + tf.losses.get_regularization_loss()
-    train_accuracy = tf.reduce_mean(tf.cast(
-        tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32))
+    towers = parallel.on_towers(devices, args.task, lambda images, labels, reuse: tower_loss(
+        images, labels, settings, args, per_class, reuse), images, labels)
+    evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size, reuse=True)
+    loss, total_loss, train_accuracy = (mean_over(towers, key) for key in (
+        'loss', 'total_loss', 'train_accuracy'))
     tf.summary.scalar('loss', loss)
     tf.summary.scalar('total_loss', total_loss)
     tf.summary.scalar('train_accuracy', train_accuracy)
@@ -399,15 +486,20 @@ def train(args, extra_hooks=()):
     stages = {'main': variables_in(args.trainable_scopes, '--trainable-scopes')}
     if args.head_steps:
         stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
-    train_ops = {}
+    train_ops, sync_hooks, rate, store_rate = {}, [], learning_rate, []
+    if args.sync_replicas:
+        rate, store_rate = parallel.stored_on_ps(learning_rate)
     for stage, var_list in stages.items():  # main first: its names are a one-stage run's
         optimizer = hardware.loss_scaled(OPTIMIZERS[args.optimizer](
-            learning_rate, args, 'head_' if stage == 'head' else ''), precision)
-        update = optimizer.minimize(total_loss, global_step=global_step, var_list=var_list)
+            rate, args, 'head_' if stage == 'head' else ''), precision)
+        if args.sync_replicas:
+            optimizer, sync_hooks = parallel.sync_replicas(optimizer, args.task)
+        update = parallel.minimize(optimizer, [t['total_loss'] for t in towers], devices,
+                                   args.task, var_list, global_step, before=store_rate)
         with tf.control_dependencies([update]):
             train_ops[stage] = global_step.read_value()  # the step after the update
     best_dir = os.path.join(args.checkpoint_dir, model.BEST_DIR)
-    if not latest and os.path.isdir(best_dir):
+    if chief and not latest and os.path.isdir(best_dir):
         # The best of a model whose checkpoints are gone is not this run's: keep it aside.
         shutil.rmtree(best_dir + '.previous', ignore_errors=True)
         os.replace(best_dir, best_dir + '.previous')
@@ -416,7 +508,10 @@ def train(args, extra_hooks=()):
 
     # Session: the pretrained restore runs only when the directory holds no checkpoint yet
     init_fn = None
-    if latest:
+    if not chief:
+        log.info('%s:%d: the chief restores the model, this worker waits for it',
+                 args.task.job, args.task.index)
+    elif latest:
         log.info('resuming from %s (step %s); --pretrained is not used when resuming',
                  latest, latest.rsplit('-', 1)[-1])
     elif args.pretrained != 'none':
@@ -433,20 +528,27 @@ def train(args, extra_hooks=()):
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
              LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
                           'train_accuracy': train_accuracy}, last_step, args.batch_size,
-                         args.log_every),
-             tf.train.SummarySaverHook(save_steps=last_step + 1, output_dir=args.checkpoint_dir,
-                                       summary_op=inputs_summary),
-             ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
-                            best_saver, args.early_stopping)] + list(extra_hooks)
+                         args.log_every)]
+    if chief:  # what writes into --checkpoint-dir
+        hooks += [tf.train.SummarySaverHook(save_steps=last_step + 1,
+                                            output_dir=args.checkpoint_dir,
+                                            summary_op=inputs_summary),
+                  ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
+                                 best_saver, args.early_stopping)]
+    hooks += list(extra_hooks)
+    if args.task:
+        hooks += sync_hooks + [parallel.StepCountHook(args.task)]
     # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
     nan_guard = [tf.train.NanTensorHook(total_loss)]
     scaffold = tf.train.Scaffold(init_fn=init_fn)
+    if not chief:
+        parallel.wait_for_chief(server.target, config)
     try:
         session = tf.train.MonitoredTrainingSession(
+            master=server.target if server else '', is_chief=chief, config=config,
             checkpoint_dir=args.checkpoint_dir, scaffold=scaffold, hooks=hooks,
             chief_only_hooks=nan_guard, save_checkpoint_secs=args.save_every_secs,
-            save_summaries_steps=args.summary_every, log_step_count_steps=0,
-            config=hardware.session_config(precision, args.xla))
+            save_summaries_steps=args.summary_every, log_step_count_steps=0)
     except tf.errors.NotFoundError as e:
         raise model.SettingsError(
             '%s does not hold what this run needs (%s): it was saved with another --optimizer, '
@@ -463,12 +565,17 @@ def train(args, extra_hooks=()):
                     stage = now
                 step = session.run(train_ops[stage], feed_dict={learning_rate: rate})
         except KeyboardInterrupt:
+            if not chief:
+                raise
             # Keep the steps since the last periodic checkpoint: save now, outside the hooks.
             path = session.run_step_fn(lambda step_context: scaffold.saver.save(
                 step_context.session, os.path.join(args.checkpoint_dir, 'model.ckpt'),
                 global_step=global_step))
             log.info('saved %s', path)
             raise
+    if not chief:
+        log.info('done: the chief saves the model in %s', args.checkpoint_dir)
+        return
     curves = evaluate.plot_curves(args.checkpoint_dir)
     log.info('done: checkpoints in %s, training curves in %s; next: python evaluate.py '
              '--checkpoint-dir %s, python inference.py --checkpoint-dir %s IMAGE',
@@ -491,10 +598,13 @@ def main(argv=None):
     tf.get_logger().setLevel(logging.ERROR)  # deprecation notices from TF's own v1 code
     tf.disable_eager_execution()
     try:
+        if args.task and args.task.job == 'ps':
+            parallel.serve(args.task)
+            return 0
         with tf.Graph().as_default():
             train(args)
     except (data.DatasetError, model.CheckpointError, model.SettingsError,
-            hardware.HardwareError) as e:
+            hardware.HardwareError, parallel.ClusterError) as e:
         print('train.py: error: %s' % e, file=sys.stderr)
         return 2
     except tf.train.NanLossDuringTrainingError:

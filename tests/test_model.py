@@ -62,8 +62,7 @@ def test_same_logits_as_slim_reference():
     (4096, 7, 'VALID', 9),  # larger inputs: a sliding 7x7 window
     (1000, 1, 'SAME', 1), (100, 1, 'SAME', 3),  # fc7 and fc8: matmuls
 ])
-def test_fully_connected_layers_compute_what_slims_convolution_does(outputs, kernel, padding,
-                                                                     size):
+def test_fully_connected_layers_compute_what_slims_convolution_does(outputs, kernel, padding, size):
     net = tf.constant(np.random.RandomState(size).uniform(0, 1, [2, size, size, 512]), tf.float32)
     with tf.variable_scope('ours'):
         ours = model._fully_connected(net, outputs, kernel, padding, model.WEIGHT_DECAY,
