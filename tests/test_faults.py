@@ -1,0 +1,116 @@
+"""Faults: damaged checkpoint state, kills at random moments (during saves too), a NaN on a save
+step, a dataset with planted bad files, hostile images at inference, and memory over time."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import model
+
+
+def _save_steps(directory, steps, poison=None):
+    """model.ckpt-<step> checkpoints of two small variables, as train.py's Saver writes them;
+    the one at step `poison` holds a NaN."""
+    with tf.Graph().as_default():
+        weights = tf.Variable(np.arange(1000, dtype=np.float32), name='weights')
+        step = tf.train.get_or_create_global_step()
+        saver = tf.train.Saver(sharded=True, max_to_keep=10)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            for s in steps:
+                session.run([step.assign(s), weights.assign(
+                    np.full(1000, np.nan if s == poison else s, np.float32))])
+                saver.save(session, os.path.join(directory, 'model.ckpt'), global_step=s)
+
+
+def _truncate(path):
+    with open(path, 'rb') as f:
+        content = f.read()
+    with open(path, 'wb') as f:
+        f.write(content[:len(content) // 2])
+
+
+def _state(directory, content):
+    with open(os.path.join(directory, 'checkpoint'), 'w') as f:
+        f.write(content)
+
+
+@pytest.mark.parametrize('damage, expected, problem', [
+    (lambda d: _state(d, 'garbage {{{'), 3, 'is not a checkpoint state'),
+    (lambda d: _state(d, ''), 3, 'is unreadable'),
+    (lambda d: _state(d, 'model_checkpoint_path: "/gone/model.ckpt-9"\n'), 3, 'does not exist'),
+    (lambda d: os.remove(os.path.join(d, 'checkpoint')), 3, 'no state file'),
+    (lambda d: _truncate(os.path.join(d, 'model.ckpt-3.data-00000-of-00001')), 2,
+     'model.ckpt-3 cannot be restored'),
+    (lambda d: _truncate(os.path.join(d, 'model.ckpt-3.index')), 2,
+     'model.ckpt-3 cannot be restored'),
+    (lambda d: open(os.path.join(d, 'model.ckpt-3.index'), 'w').close(), 2,
+     'model.ckpt-3 cannot be restored'),
+    (lambda d: os.remove(os.path.join(d, 'model.ckpt-3.data-00000-of-00001')), 2,
+     'model.ckpt-3 cannot be restored'),
+])
+def test_damaged_state_leads_to_the_newest_checkpoint_that_restores(tmp_path, damage, expected,
+                                                                    problem):
+    directory = str(tmp_path)
+    _save_steps(directory, [1, 2, 3])
+    damage(directory)
+    chosen, problems = model.recover_checkpoints(directory)
+    assert chosen == os.path.join(directory, 'model.ckpt-%d' % expected)
+    assert any(problem in p for p in problems), problems
+    assert 'the state file now names model.ckpt-%d' % expected in problems[-1]
+    # TensorFlow's own lookup, as MonitoredTrainingSession makes it, now finds it, and it
+    # restores; a damaged newer one is set aside, not deleted.
+    assert tf.train.latest_checkpoint(directory) == chosen
+    assert tf.train.load_checkpoint(chosen).get_tensor('weights')[0] == expected
+    if expected == 2:
+        assert not os.path.exists(os.path.join(directory, 'model.ckpt-3.index'))
+        assert [n for n in os.listdir(directory) if n.startswith('model.ckpt-3.')
+                and n.endswith('.damaged')]
+    # Repaired: the next start finds nothing wrong.
+    assert model.recover_checkpoints(directory) == (chosen, [])
+
+
+def test_a_checkpoint_with_nan_is_never_resumed_from(tmp_path):
+    _save_steps(str(tmp_path), [1, 2], poison=2)
+    chosen, problems = model.recover_checkpoints(str(tmp_path))
+    assert chosen.endswith('model.ckpt-1') and 'weights holds NaN' in problems[0]
+
+
+def test_leftovers_of_an_interrupted_save_are_removed(tmp_path):
+    directory = str(tmp_path)
+    _save_steps(directory, [1])
+    os.makedirs(os.path.join(directory, 'model.ckpt-2_temp'))
+    open(os.path.join(directory, 'model.ckpt-2_temp', 'part-00000-of-00001.index'), 'w').close()
+    open(os.path.join(directory, 'checkpoint.tempstate123'), 'w').close()
+    chosen, problems = model.recover_checkpoints(directory)
+    assert chosen.endswith('model.ckpt-1') and len(problems) == 2
+    assert sorted(os.listdir(directory)) == ['checkpoint', 'model.ckpt-1.data-00000-of-00001',
+                                             'model.ckpt-1.index', 'model.ckpt-1.meta']
+
+
+def test_a_directory_whose_checkpoints_are_all_damaged_is_an_error(tmp_path):
+    directory = str(tmp_path)
+    _save_steps(directory, [1])
+    _truncate(os.path.join(directory, 'model.ckpt-1.index'))
+    with pytest.raises(model.CheckpointError, match='no checkpoint in .* can be restored'):
+        model.recover_checkpoints(directory)
+    assert os.path.exists(os.path.join(directory, 'model.ckpt-1.index'))  # left as it was
+    assert model.recover_checkpoints(str(tmp_path / 'new')) == (None, [])
+
+
+def test_best_record_describes_the_weights_beside_it_or_nothing(tmp_path):
+    directory = str(tmp_path)
+    with tf.Graph().as_default():
+        tf.Variable(1.0, name='w')
+        saver = model.best_saver(directory, tf.global_variables())
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            model.save_best(session, saver, directory, {'step': 5, 'accuracy': 0.5})
+            assert model.load_best(directory)['checkpoint'] == 'model.ckpt-5'
+            # Killed after the weights of step 9 were saved, before their record was written:
+            saver.save(session, os.path.join(directory, model.BEST_DIR, 'model.ckpt'), 9,
+                       write_meta_graph=False)
+            assert model.load_best(directory) is None
+            model.save_best(session, saver, directory, {'step': 9, 'accuracy': 0.25})
+            assert model.load_best(directory)['accuracy'] == 0.25
