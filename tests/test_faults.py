@@ -1,11 +1,15 @@
 """Faults: damaged checkpoint state, kills at random moments (during saves too), a NaN on a save
 step, a dataset with planted bad files, hostile images at inference, and memory over time."""
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
+import PIL.Image
 import tensorflow.compat.v1 as tf
 
+import inference
 import model
 
 
@@ -114,3 +118,84 @@ def test_best_record_describes_the_weights_beside_it_or_nothing(tmp_path):
             assert model.load_best(directory) is None
             model.save_best(session, saver, directory, {'step': 9, 'accuracy': 0.25})
             assert model.load_best(directory)['accuracy'] == 0.25
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile images: each gives a clear per-file message or the right pixels, never a traceback.
+
+def _png_header(path, width, height):
+    """A PNG whose header claims width x height (its pixel data is missing): decoding it would
+    allocate width * height * 3 bytes before noticing."""
+    def chunk(kind, body):
+        return (struct.pack('>I', len(body)) + kind + body
+                + struct.pack('>I', zlib.crc32(kind + body) & 0xffffffff))
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+                + chunk(b'IDAT', zlib.compress(b'\0' * 64)) + chunk(b'IEND', b''))
+    return path
+
+
+def _hostile_files(directory):
+    """{name: (path, what read_rgb must give: an array, or a piece of its error message)}."""
+    rgb = _smooth()
+    files = {}
+
+    def save(name, image, expected, **options):
+        path = os.path.join(directory, name)
+        image.save(path, **options)
+        files[name] = (path, expected)
+    save('photo.jpg', PIL.Image.fromarray(rgb), None, quality=95)
+    with open(files['photo.jpg'][0], 'rb') as f:
+        jpeg = f.read()
+    for name, content, message in (('empty.jpg', b'', 'cannot identify image file'),
+                                   ('random.jpg', os.urandom(2000), 'cannot identify image file'),
+                                   ('truncated.jpg', jpeg[:len(jpeg) // 2], 'truncated')):
+        with open(os.path.join(directory, name), 'wb') as f:
+            f.write(content)
+        files[name] = (os.path.join(directory, name), message)
+    save('one.png', PIL.Image.fromarray(rgb[:1, :1]), rgb[:1, :1])
+    save('strip.png', PIL.Image.fromarray(rgb[:1, :]), rgb[:1, :])
+    save('palette.png', PIL.Image.fromarray(rgb).convert('P', palette=PIL.Image.ADAPTIVE),
+         'palette')
+    save('cmyk.jpg', PIL.Image.fromarray(rgb).convert('CMYK'), 'cmyk')
+    save('deep.png', PIL.Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+         np.repeat(rgb[..., :1], 3, axis=2))
+    frames = [PIL.Image.fromarray(rgb), PIL.Image.fromarray(255 - rgb)]
+    save('animated.gif', frames[0], 'first frame', save_all=True, append_images=frames[1:])
+    exif = PIL.Image.Exif()
+    exif[inference.EXIF_ORIENTATION] = 6  # stored turned left: shown turned right
+    save('rotated.jpg', PIL.Image.fromarray(rgb), 'rotated', quality=95, exif=exif)
+    files['huge.png'] = (_png_header(os.path.join(directory, 'huge.png'), 30000, 30000),
+                         '30000x30000 pixels is over --max-pixels')
+    files['bomb.png'] = (_png_header(os.path.join(directory, 'bomb.png'), 100000, 100000),
+                         '100000x100000 pixels is over --max-pixels')
+    files['long.png'] = (_png_header(os.path.join(directory, 'long.png'), 1, 20000000),
+                         'short side resized to 36')
+    return files
+
+
+def test_each_hostile_image_reads_right_or_fails_with_a_message(tmp_path):
+    files = _hostile_files(str(tmp_path))
+    photo = inference.read_rgb(files['photo.jpg'][0], 50e6)
+    for name, (path, expected) in files.items():
+        if isinstance(expected, str) and expected not in ('palette', 'cmyk', 'rotated',
+                                                          'first frame'):
+            with pytest.raises(Exception) as error:
+                inference.read_rgb(path, 50e6, resize_side=36)
+            assert expected.lower() in str(error.value).lower(), name
+            continue
+        image = inference.read_rgb(path, 50e6, resize_side=36)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+        if isinstance(expected, np.ndarray):
+            np.testing.assert_array_equal(image, expected, err_msg=name)
+        elif expected == 'rotated':  # the same JPEG pixels, shown turned right
+            np.testing.assert_array_equal(image, np.rot90(photo, -1))
+        else:  # near the picture it was made from (JPEG, palette and CMYK round a little)
+            assert np.abs(image.astype(float) - _smooth()).mean() < 8, name
+
+
+def _smooth():
+    """A 40x60 picture with smooth colours, which JPEG and a palette keep nearly as it is."""
+    y, x = np.mgrid[0:40, 0:60]
+    return np.stack([x * 4, y * 6, 255 - x * 2 - y], axis=2).astype(np.uint8)
