@@ -1,7 +1,14 @@
 """Faults: damaged checkpoint state, kills at random moments (during saves too), a NaN on a save
 step, a dataset with planted bad files, hostile images at inference, and memory over time."""
+import json
 import os
+import random
+import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
@@ -9,8 +16,10 @@ import pytest
 import PIL.Image
 import tensorflow.compat.v1 as tf
 
+import evaluate
 import inference
 import model
+from conftest import ROOT
 
 
 def _save_steps(directory, steps, poison=None):
@@ -199,3 +208,106 @@ def _smooth():
     """A 40x60 picture with smooth colours, which JPEG and a palette keep nearly as it is."""
     y, x = np.mgrid[0:40, 0:60]
     return np.stack([x * 4, y * 6, 255 - x * 2 - y], axis=2).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training killed, poisoned and fed bad files.
+
+# The cheapest real run: the demo's 32 px and frozen base, a small batch, frequent saves.
+CHEAP = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--init', 'he',
+         '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0', '--save-every-steps', '2',
+         '--keep-checkpoints', '2', '--log-every', '1']
+
+
+def _step(prefix):
+    return int(prefix.rsplit('-', 1)[1]) if prefix else -1
+
+
+def _names(directory):
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def _kill_when(process, log_path, directory, ready, delay=0.0, timeout=120):
+    """Wait until `ready(log text, file names)` holds, then `delay` seconds, then kill -9 the
+    process group."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        with open(log_path) as f:
+            text = f.read()
+        if ready(text, _names(directory)):
+            time.sleep(delay)
+            assert process.poll() is None, 'ended before the kill'
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            return
+        time.sleep(0.01)
+    with open(log_path) as f:
+        raise AssertionError('%s (exit status %s) never got there:\n%s'
+                             % (log_path, process.poll(), f.read()[-3000:]))
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_end(
+        photo_dataset, tmp_path, capsys):
+    out, last_step = str(tmp_path / 'run'), 30
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', photo_dataset,
+               '--checkpoint-dir', out, '--max-steps', str(last_step)] + CHEAP
+    rng = random.Random(7)
+    resumed, plans = -1, []
+
+    def saving(text, names):  # a checkpoint past the last resume (and step 0) is being written
+        # (once this run removed what the last kill left: it logs its stage by then)
+        return 'stage from step' in text and any(
+            n.endswith('_temp') and _step(n[:-len('_temp')]) > max(resumed, 0) for n in names)
+
+    def stepped(text, names):  # a step past the last resume has run
+        steps = re.findall(r'step (\d+)/', text)
+        return bool(steps) and int(steps[-1]) > resumed
+    # Before the fourth start the state file is garbage, which TensorFlow alone would take
+    # for no checkpoint at all.
+    moments = [saving, stepped, saving, stepped, saving, None]
+    for attempt, moment in enumerate(moments):
+        named = _step(tf.train.latest_checkpoint(out))
+        if attempt == 3:
+            with open(os.path.join(out, 'checkpoint'), 'w') as f:
+                f.write('garbage {{{')
+        log_path = str(tmp_path / ('log%d' % attempt))
+        with open(log_path, 'w') as log:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
+                                       start_new_session=True)
+        try:
+            if moment:
+                _kill_when(process, log_path, out, moment,
+                           rng.uniform(0, 2) if moment is stepped else 0.0)
+            else:
+                assert process.wait(timeout=240) == 0
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        with open(log_path) as f:
+            text = f.read()
+        assert 'Traceback' not in text, text[-3000:]
+        if attempt:
+            match = re.search(r'resuming from \S+ \(step (\d+)\)', text)
+            assert match, text[-3000:]
+            step = int(match.group(1))
+            assert step >= max(resumed, named), (attempt, step, resumed, named)
+            resumed = step
+        if attempt == 3:
+            assert 'is not a checkpoint state' in text
+        if attempt and moments[attempt - 1] is saving:  # what the killed save left is gone
+            assert re.search(r'removed model\.ckpt-\d+_temp, left by an interrupted save', text)
+        with open(os.path.join(out, model.SETTINGS_FILE)) as f:
+            plans.append(json.load(f)['plan']['last_step'])
+    assert plans == [last_step] * 6 and resumed > 0
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-%d' % last_step)
+    assert not [n for n in _names(out) if n.endswith('_temp') or 'tempstate' in n]
+
+    # The validation at the end of the last run saw the weights of the last checkpoint.
+    steps, values = evaluate.read_scalars(out, ['accuracy'])['accuracy']
+    assert steps == [last_step]
+    capsys.readouterr()
+    assert evaluate.main(['--checkpoint-dir', out, '--json']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['step'] == last_step and report['top1'] == pytest.approx(values[-1], abs=1e-6)
