@@ -1,9 +1,11 @@
 """Faults: damaged checkpoint state, kills at random moments (during saves too), a NaN on a save
 step, a dataset with planted bad files, hostile images at inference, and memory over time."""
 import json
+import logging
 import os
 import random
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -16,9 +18,11 @@ import pytest
 import PIL.Image
 import tensorflow.compat.v1 as tf
 
+import data
 import evaluate
 import inference
 import model
+import train
 from conftest import ROOT
 
 
@@ -311,3 +315,103 @@ def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_en
     assert evaluate.main(['--checkpoint-dir', out, '--json']) == 0
     report = json.loads(capsys.readouterr().out)
     assert report['step'] == last_step and report['top1'] == pytest.approx(values[-1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_nan_on_a_save_step_stops_before_the_save(photo_dataset, tmp_path, monkeypatch, capsys,
+                                                  caplog):
+    caplog.set_level(logging.INFO)
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out, '--max-steps', '6'] + CHEAP
+    schedule = train.stage_at
+
+    def poisoned(step, args, last_step):  # the update from step 3 to 4, a save step, goes NaN
+        stage, rate = schedule(step, args, last_step)
+        return stage, float('nan') if step == 3 else rate
+    monkeypatch.setattr(train, 'stage_at', poisoned)
+    assert train.main(flags) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith('train.py: error: the loss or the weights became NaN or infinite at '
+                            'step 4; nothing of that step was saved. Lower --learning-rate')
+    latest = tf.train.latest_checkpoint(out)
+    assert latest.endswith('model.ckpt-2') and not os.path.exists(
+        os.path.join(out, 'model.ckpt-4.index'))
+    assert model.checkpoint_problem(latest) is None  # every value reads back, finite
+    monkeypatch.setattr(train, 'stage_at', schedule)
+    assert train.main(flags) == 0  # and it restores: the same command resumes there
+    assert 'resuming from %s (step 2)' % latest in caplog.text
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-6')
+
+
+def _planted_dataset(root, photo_dataset, outside):
+    """The photo dataset with bad files planted in a class folder: {path: what is wrong}."""
+    shutil.copytree(photo_dataset, root)
+    folder = os.path.join(root, 'camera')
+    good = sorted(os.listdir(folder))[0]
+    with open(os.path.join(folder, good), 'rb') as f:
+        jpeg = f.read()
+    bad = {}
+    for name, content in (('empty.jpg', b''), ('truncated.jpg', jpeg[:len(jpeg) // 3]),
+                          ('text.png', b'<html>not an image</html>')):
+        bad[os.path.join(folder, name)] = 'cannot be decoded'
+        with open(os.path.join(folder, name), 'wb') as f:
+            f.write(content)
+    bad[_png_header(os.path.join(folder, 'huge.png'), 30000, 30000)] = '30000x30000 pixels'
+    bad[_png_header(os.path.join(folder, 'strip.png'), 200000, 1)] = 'short side resized to 73'
+    shutil.copy(os.path.join(folder, good), outside)
+    os.symlink(outside, os.path.join(folder, 'link.jpg'))
+    return bad
+
+
+def test_planted_bad_files_are_found_named_and_counted(photo_dataset, tmp_path, caplog):
+    root = str(tmp_path / 'planted')
+    bad = _planted_dataset(root, photo_dataset, str(tmp_path / 'outside.jpg'))
+    dataset = data.load_dataset(root)
+    assert 'that are links to files outside' in caplog.text and 'link.jpg' in caplog.text
+    everything = dataset.train.paths + dataset.validation.paths
+    assert not [p for p in everything if p.endswith('link.jpg')] and set(bad) <= set(everything)
+    with pytest.raises(data.DatasetError, match=r'5 of the 29 images .* \(17\.2%\) cannot be '
+                                                r'used, more than --max-unreadable 0\.1'):
+        data.drop_unreadable(dataset, max_share=0.1, resize_side=73)
+    caplog.clear()
+    cache = str(tmp_path / 'unreadable.json')
+    kept = data.drop_unreadable(dataset, cache, max_share=0.2, resize_side=73)
+    assert len(kept.train.paths) + len(kept.validation.paths) == 24
+    for path, why in bad.items():
+        assert path in caplog.text and why in json.load(open(cache))['unreadable'][path]
+    assert 'skipping 3 file(s) that cannot be decoded' in caplog.text
+    assert 'skipping 2 file(s) too large to decode' in caplog.text
+
+
+class _Memory(tf.train.SessionRunHook):
+    """After each step (and the validation in it): the process's resident memory, and whether
+    the graph is finalized."""
+
+    def __init__(self):
+        self.rss, self.finalized = [], []
+
+    def after_run(self, run_context, run_values):
+        with open('/proc/self/statm') as f:
+            self.rss.append(int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE'))
+        self.finalized.append(run_context.session.graph.finalized)
+
+
+@pytest.mark.slow
+def test_planted_dataset_trains_and_memory_stays_flat_over_validations(photo_dataset, tmp_path,
+                                                                       capsys, caplog):
+    caplog.set_level(logging.INFO)
+    root = str(tmp_path / 'planted')
+    _planted_dataset(root, photo_dataset, str(tmp_path / 'outside.jpg'))
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', root, '--checkpoint-dir', out, '--max-steps', '16'] + CHEAP
+    assert train.main(flags) == 2
+    assert '--max-unreadable 0.1 allows' in capsys.readouterr().err.strip().splitlines()[-1]
+    memory = _Memory()
+    with tf.Graph().as_default():
+        train.train(train.parse_args(flags + ['--max-unreadable', '0.2', '--validate-every', '1',
+                                              '--save-every-steps', '100']), [memory])
+    assert len(memory.rss) == 16 and all(memory.finalized)
+    assert 'validation at step 16' in caplog.text
+    print('RSS after each validation, MB:', [r >> 20 for r in memory.rss])
+    # Past the first passes (allocator pools, the first best/ save), no growth per pass.
+    assert max(memory.rss[6:]) - memory.rss[5] < 16 << 20
