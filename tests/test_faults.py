@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -415,3 +416,55 @@ def test_planted_dataset_trains_and_memory_stays_flat_over_validations(photo_dat
     print('RSS after each validation, MB:', [r >> 20 for r in memory.rss])
     # Past the first passes (allocator pools, the first best/ save), no growth per pass.
     assert max(memory.rss[6:]) - memory.rss[5] < 16 << 20
+
+
+@pytest.mark.slow
+def test_inference_on_hostile_files_answers_each_with_bounded_memory(tmp_path, checkpoint_dir):
+    files = _hostile_files(str(tmp_path))
+    errors = {name for name, (_, expected) in files.items() if isinstance(expected, str)
+              and expected not in ('palette', 'cmyk', 'rotated', 'first frame')}
+    paths = [path for path, _ in files.values()]
+    with open(tmp_path / 'out', 'w') as out, open(tmp_path / 'err', 'w') as err:
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'inference.py'), '--checkpoint-dir',
+             checkpoint_dir, '--json'] + paths, stdout=out, stderr=err, start_new_session=True)
+    timer = threading.Timer(300, os.killpg, (process.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)  # with the child's peak memory
+    finally:
+        timer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    lines = [json.loads(line) for line in (tmp_path / 'out').read_text().splitlines()]
+    err = (tmp_path / 'err').read_text()
+    assert process.returncode == 1 and 'Traceback' not in err
+    by_name = {os.path.basename(line['image']): line for line in lines}
+    assert sorted(by_name) == sorted(files)
+    assert {name for name, line in by_name.items() if 'error' in line} == errors
+    for name in errors:
+        assert 'inference.py: %s: cannot read image: ' % files[name][0] in err
+    # A 30000x30000 RGB image alone would be 2.7 GB; this is the model and TensorFlow.
+    assert usage.ru_maxrss < 2_000_000, usage.ru_maxrss  # KB
+    print('inference peak RSS: %d MB' % (usage.ru_maxrss >> 10))
+
+
+def test_the_planned_step_count_is_kept_on_resume_unless_its_flags_change():
+    args = train.parse_args(['--epochs', '2', '--batch-size', '4'])
+    plan = train.planned_steps(args, 18)
+    assert plan['last_step'] == 8 and plan['train_images'] == 18
+    assert train.planned_steps(args, 9, {'plan': plan}) == plan  # files went bad since
+    args.epochs = 3
+    assert train.planned_steps(args, 9, {'plan': plan})['last_step'] == 6
+    args.max_steps = 5
+    assert train.planned_steps(args, 18)['last_step'] == 5
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--max-unreadable', '1.5'], '--max-unreadable must be between 0 and 1'),
+    (['--save-every-steps', '-1'], '--save-every-steps must not be negative'),
+    (['--keep-checkpoints', '0'], '--keep-checkpoints must be at least 1'),
+])
+def test_new_flags_are_checked(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train.parse_args(flags)
+    assert exit.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
