@@ -9,6 +9,7 @@ no division by a standard deviation; training, validation and inference all come
 `preprocess_for_train` / `preprocess_for_eval`.
 """
 import collections
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import random
 import zlib
 
+import PIL.Image
 import tensorflow.compat.v1 as tf
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,13 @@ MEANS = (R_MEAN, G_MEAN, B_MEAN)
 RESIZE_SIDE_MIN = 256
 RESIZE_SIDE_MAX = 512
 REFERENCE_SIZE = 224
+
+# Images with more pixels are refused from their header, undecoded: TensorFlow's decoders accept
+# up to 2^29 pixels, and a 388 KB PNG can decode into 1.2 GB.
+MAX_PIXELS = 50_000_000
+# The limit is checked from the header before anything decodes (header_problem, and inference's
+# --max-pixels), so Pillow's own guard, with its own limit and message, is not needed.
+PIL.Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 VALIDATION_DIRS = ('validation', 'val', 'test')
@@ -140,11 +149,22 @@ def read_class_folders(root, val_fraction=0.2, seed=0):
             'of images (%s) per class' % (root, ', '.join(os.listdir(root)[:5]) or 'nothing',
                                           ' '.join(IMAGE_EXTENSIONS)))
     index = {c: i for i, c in enumerate(class_ids)}
+    train, validation = _inside(root, train), _inside(root, validation)
 
     def split(files):
         pairs = [(p, index[c]) for c in class_ids for p in files.get(c, [])]
         return Split([p for p, _ in pairs], [label for _, label in pairs])
     return Dataset(root, layout, class_ids, list(class_ids), split(train), split(validation))
+
+
+def _inside(root, files_by_class):
+    """`files_by_class` without the files (links) whose real path lies outside `root`: a
+    dataset from elsewhere must not make training read whatever its links point at."""
+    real_root = os.path.realpath(root) + os.sep
+    outside = [p for files in files_by_class.values() for p in files
+               if not os.path.realpath(p).startswith(real_root)]
+    _report(outside, 'that are links to files outside %s' % root)
+    return {c: [p for p in files if p not in outside] for c, files in files_by_class.items()}
 
 
 def stratified_split(files_by_class, val_fraction, seed=0):
@@ -347,41 +367,86 @@ def find_unreadable(paths):
     return [p for i, p in enumerate(paths) if i not in good]
 
 
-def _fingerprint(paths):
-    digest = hashlib.sha1()
+def size_problem(width, height, max_pixels=MAX_PIXELS, resize_side=0):
+    """Why an image of `width` x `height` is too large to decode, or None: over `max_pixels`
+    itself, or once its short side is resized to `resize_side` (a 1 x 100000 strip would be
+    resized to 256 x 25600000)."""
+    if width * height > max_pixels:
+        return '%dx%d pixels is over the limit of %d' % (width, height, max_pixels)
+    resized = resize_side * resize_side * max(width, height) // max(min(width, height), 1)
+    if resized > max_pixels:
+        return ('%dx%d pixels: its short side resized to %d would give %d pixels, over the limit '
+                'of %d' % (width, height, resize_side, resized, max_pixels))
+    return None
+
+
+def header_problem(path, max_pixels=MAX_PIXELS, resize_side=0):
+    """size_problem of the image in `path`, read from its header alone (Pillow decodes no pixel
+    to open it); a file without a readable header is left to the decoder to refuse."""
+    try:
+        with PIL.Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return size_problem(width, height, max_pixels, resize_side)
+
+
+def find_oversized(paths, max_pixels=MAX_PIXELS, resize_side=0):
+    """{path: why} of the images among `paths` too large to decode (header_problem), read in
+    parallel threads."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        problems = pool.map(lambda p: header_problem(p, max_pixels, resize_side), paths)
+        return {p: why for p, why in zip(paths, problems) if why}
+
+
+def _fingerprint(paths, *options):
+    digest = hashlib.sha1(repr(options).encode())
     for p in paths:
         st = os.stat(p)
         digest.update(('%s\0%d\0%d\n' % (p, st.st_size, st.st_mtime_ns)).encode())
     return digest.hexdigest()
 
 
-def drop_unreadable(dataset, cache_file=None):
-    """The dataset without the files that cannot be decoded, each reported once by path.
+def drop_unreadable(dataset, cache_file=None, max_share=1.0, max_pixels=MAX_PIXELS,
+                    resize_side=0):
+    """The dataset without the files that cannot be used, each reported once by path: files too
+    large to decode (find_oversized, from their headers), then the ones that do not decode
+    (find_unreadable). More than `max_share` of the dataset unusable is a DatasetError.
 
     The check decodes every image once; its result is kept in `cache_file` and reused while no
     file of the dataset changed (same paths, sizes and modification times).
     """
     paths = dataset.train.paths + dataset.validation.paths
-    fingerprint = _fingerprint(paths)
+    fingerprint = _fingerprint(paths, max_pixels, resize_side)
     bad = None
     if cache_file and os.path.isfile(cache_file):
         try:
             with open(cache_file) as f:
                 cached = json.load(f)
             if cached.get('fingerprint') == fingerprint:
-                bad = cached['unreadable']
-        except (ValueError, KeyError, OSError):
+                bad = dict(cached['unreadable'])
+        except (ValueError, KeyError, TypeError, OSError):
             bad = None  # a damaged cache is only a cache: check again
     if bad is None:
         log.info('checking that all %d images decode (once per dataset)', len(paths))
-        bad = find_unreadable(paths)
+        bad = find_oversized(paths, max_pixels, resize_side)
+        bad.update((p, 'cannot be decoded') for p in find_unreadable(
+            [p for p in paths if p not in bad]))
         if cache_file:
             tmp = cache_file + '.tmp'
             with open(tmp, 'w') as f:
                 json.dump({'fingerprint': fingerprint, 'unreadable': bad}, f)
             os.replace(tmp, cache_file)
-    _report(bad, 'that cannot be decoded as images')
-    bad = set(bad)
+    _report([p for p, why in bad.items() if why == 'cannot be decoded'],
+            'that cannot be decoded as images')
+    _report(['%s (%s)' % (p, why) for p, why in bad.items() if why != 'cannot be decoded'],
+            'too large to decode')
+    if paths and len(bad) > max_share * len(paths):
+        raise DatasetError(
+            '%d of the %d images of %s (%.1f%%) cannot be used, more than --max-unreadable %g '
+            'allows (the first: %s, %s): repair or remove them, or raise --max-unreadable'
+            % (len(bad), len(paths), dataset.root, 100 * len(bad) / len(paths), max_share,
+               *next(iter(bad.items()))))
 
     def keep(split):
         pairs = [(p, label) for p, label in zip(split.paths, split.labels) if p not in bad]

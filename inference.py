@@ -39,8 +39,9 @@ def parse_args(argv=None):
                    help='predict with a SavedModel from export.py instead of a checkpoint')
     p.add_argument('--top-k', type=int, default=5, help='how many classes to print per image')
     p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--max-pixels', type=float, default=50e6,
-                   help='images with more pixels are refused from their header, undecoded')
+    p.add_argument('--max-pixels', type=float, default=data.MAX_PIXELS,
+                   help='images with more pixels (also once resized for the network) are '
+                        'refused from their header, undecoded')
     p.add_argument('--json', action='store_true', help='print one JSON object per image')
     hardware.add_flags(p)
     args = p.parse_args(argv)
@@ -64,25 +65,43 @@ def expand(paths):
     return files
 
 
-def read_rgb(path, max_pixels):
-    """The image in `path` as RGB uint8 [height, width, 3] (a GIF's first frame, alpha dropped).
+def read_rgb(path, max_pixels, resize_side=0):
+    """The image in `path` as RGB uint8 [height, width, 3] (a GIF's first frame, alpha dropped),
+    turned as its EXIF orientation says.
 
-    The size is checked from the header before any pixel is decoded. JPEGs decode to the same
-    pixels as in training (see data.decode_image).
+    The size is checked from the header before any pixel is decoded (data.size_problem, with
+    the short side resized to `resize_side`). JPEGs decode to the same pixels as in training
+    (see data.decode_image); training does not apply the EXIF orientation (see README).
     """
+    image = None
     with PIL.Image.open(path) as header:
-        width, height = header.size
-        if width * height > max_pixels:
-            raise ValueError('%dx%d pixels is over --max-pixels %d' % (width, height, max_pixels))
+        problem = data.size_problem(*header.size, max_pixels, resize_side)
+        if problem:
+            raise ValueError(problem.replace('the limit of', '--max-pixels'))
+        orientation = header.getexif().get(EXIF_ORIENTATION, 1)
         if header.mode.startswith('I;16'):
             # 16-bit grayscale: keep the high byte, as TensorFlow's decoder does in training
             # (Pillow's own conversion to RGB would clip it to white).
             gray = (np.asarray(header).astype(np.uint32) >> 8).astype(np.uint8)
-            return np.repeat(gray[..., None], 3, axis=2)
-    image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
+            image = np.repeat(gray[..., None], 3, axis=2)
+    if image is None:
+        image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         raise ValueError('decoded to an unusable array %s %s' % (image.shape, image.dtype))
-    return image
+    return oriented(image, orientation)
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def oriented(image, orientation):
+    """`image` [height, width, ...] as EXIF `orientation` (1-8) says it is to be shown."""
+    if orientation in (5, 6, 7, 8):  # stored on its side: transposed first
+        image = np.swapaxes(image, 0, 1)
+    flip_rows, flip_columns = {2: (False, True), 3: (True, True), 4: (True, False),
+                               5: (False, False), 6: (False, True), 7: (True, True),
+                               8: (True, False)}.get(orientation, (False, False))
+    return image[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
 
 
 class Predictor:
@@ -175,11 +194,12 @@ def report(path, predictions, error, as_json):
 def predict(predictor, paths, args):
     """Predict every path, batch by batch; returns how many could not be used."""
     failures = 0
+    side = data.resize_side_range(predictor.settings['image_size'])[0]
     for start in range(0, len(paths), args.batch_size):
         good, inputs = [], []
         for path in paths[start:start + args.batch_size]:
             try:
-                inputs.append(predictor.preprocess(read_rgb(path, args.max_pixels)))
+                inputs.append(predictor.preprocess(read_rgb(path, args.max_pixels, side)))
                 good.append(path)
             except FileNotFoundError:
                 failures += 1

@@ -11,6 +11,8 @@ import argparse
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import warnings
 
@@ -291,9 +293,17 @@ def load_best(checkpoint_dir):
     try:
         with open(path) as f:
             record = json.load(f)
-        return record if {'step', 'accuracy'} <= set(record) else None
     except (OSError, ValueError):
         return None  # no validation yet, or a damaged record: the next validation writes one
+    if not isinstance(record, dict) or not {'step', 'accuracy'} <= set(record):
+        return None
+    # A kill between the weights and the record leaves a record of weights that are gone: it
+    # describes nothing there, and the next validation writes both again.
+    weights = tf.train.latest_checkpoint(os.path.dirname(path))
+    if 'checkpoint' in record and (weights is None
+                                   or os.path.basename(weights) != record['checkpoint']):
+        return None
+    return record
 
 
 def trained_model(checkpoint_dir, which='latest', preprocessing=None):
@@ -313,6 +323,103 @@ def restore(saver, session, checkpoint):
         saver.restore(session, checkpoint)
     except (tf.errors.OpError, ValueError) as e:
         raise SettingsError('cannot restore %s: %s' % (checkpoint, str(e).splitlines()[0][:200]))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a kill, a full disk or a hand edit can leave in a checkpoint directory, found at start-up.
+
+CHECKPOINT_PREFIX = 'model.ckpt'  # what train.py saves: model.ckpt-<step>.{index,data-*}
+
+
+def checkpoint_problem(prefix):
+    """Why checkpoint `prefix` cannot be resumed from (unreadable, truncated, a value that is
+    not finite), or None. Reads every value once: a truncated .data file shows only then."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in sorted(reader.get_variable_to_shape_map()):
+            value = np.asarray(reader.get_tensor(name))
+            if value.dtype.kind == 'f' and not np.isfinite(value).all():
+                return '%s holds NaN or infinite values' % name
+    except Exception as e:  # a damaged file fails in whatever way its reader trips on it
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return '%s: %s' % (type(e).__name__, text[:200])
+    return None
+
+
+def checkpoints_on_disk(checkpoint_dir):
+    """{step: prefix} of the model.ckpt-<step> checkpoints whose index file exists."""
+    found = {}
+    for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []:
+        match = re.fullmatch(re.escape(CHECKPOINT_PREFIX) + r'-(\d+)\.index', name)
+        if match:
+            found[int(match.group(1))] = os.path.join(checkpoint_dir, name[:-len('.index')])
+    return found
+
+
+def _state_file_problem(checkpoint_dir):
+    """(the prefix the `checkpoint` state file names or None, what is wrong with it or None)."""
+    path = os.path.join(checkpoint_dir, 'checkpoint')
+    if not os.path.exists(path):
+        return None, None
+    try:
+        state = tf.train.get_checkpoint_state(checkpoint_dir)
+    except (tf.errors.OpError, ValueError) as e:  # an empty file is a ValueError
+        return None, 'the state file %s is unreadable (%s)' % (path, str(e).splitlines()[0])
+    if state is None:  # TensorFlow swallows a parse error and would start from scratch
+        return None, 'the state file %s is not a checkpoint state' % path
+    named = state.model_checkpoint_path
+    if not os.path.isfile(named + '.index'):
+        return None, 'the state file %s names %s, which does not exist' % (path, named)
+    return named, None
+
+
+def recover_checkpoints(checkpoint_dir):
+    """The newest checkpoint of `checkpoint_dir` that can be resumed from, or None when it
+    holds none; (prefix, [what was wrong]). Repairs what a kill or a hand edit left behind.
+
+    Leftover temporary files of an interrupted save are removed; a damaged state file, or one
+    naming a checkpoint that is gone or damaged, is rewritten (atomically) to name the newest
+    checkpoint that reads back whole and finite; newer damaged checkpoints are set aside as
+    *.damaged. When checkpoints exist and none of them is usable, CheckpointError: starting
+    again from scratch is the user's decision, never a silent one.
+    """
+    problems = []
+    for name in sorted(os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []):
+        path = os.path.join(checkpoint_dir, name)
+        if '.tempstate' in name or (name.startswith(CHECKPOINT_PREFIX + '-')
+                                    and name.endswith('_temp') and os.path.isdir(path)):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            problems.append('removed %s, left by an interrupted save' % name)
+    named, state_problem = _state_file_problem(checkpoint_dir)
+    if state_problem:
+        problems.append(state_problem)
+    found = checkpoints_on_disk(checkpoint_dir)
+    damaged, chosen = [], None
+    for step in sorted(found, reverse=True):
+        why = checkpoint_problem(found[step])
+        if why is None:
+            chosen = step
+            break
+        damaged.append(found[step])
+        problems.append('%s cannot be restored (%s)' % (found[step], why))
+    if found and chosen is None:
+        raise CheckpointError(
+            'no checkpoint in %s can be restored (%s): move them aside, or use a new '
+            '--checkpoint-dir, to start again' % (checkpoint_dir, '; '.join(problems)[:400]))
+    for prefix in damaged:
+        for path in [p for p in tf.io.gfile.glob(prefix + '.*') if not p.endswith('.damaged')]:
+            os.replace(path, path + '.damaged')
+    if chosen is None:
+        return None, problems
+    if named is None and not state_problem:
+        problems.append('no state file names the checkpoints')
+    if named is None or os.path.abspath(named) != os.path.abspath(found[chosen]):
+        # Absolute paths, as the Saver writes them; the older ones stay in its keep count.
+        tf.train.update_checkpoint_state(
+            checkpoint_dir, os.path.abspath(found[chosen]),
+            [os.path.abspath(found[s]) for s in sorted(found) if s <= chosen])
+        problems.append('the state file now names %s' % os.path.basename(found[chosen]))
+    return found[chosen], problems
 
 
 DEFAULT_CHECKPOINT_DIR = 'checkpoints/vgg19_food'

@@ -104,6 +104,13 @@ def parse_args(argv=None):
     p.add_argument('--early-stopping', type=int, default=0, metavar='K',
                    help='stop after K validations without a better accuracy (0: never)')
     p.add_argument('--save-every-secs', type=int, default=600, help='seconds between checkpoints')
+    p.add_argument('--save-every-steps', type=int, default=0,
+                   help='steps between checkpoints instead of --save-every-secs (0: by time)')
+    p.add_argument('--keep-checkpoints', type=int, default=5,
+                   help='how many of the newest checkpoints are kept')
+    p.add_argument('--max-unreadable', type=float, default=0.1,
+                   help='share of the dataset that may be unusable (undecodable or too large '
+                        'images, left out and listed) before the run refuses to start')
     p.add_argument('--summary-every', type=int, default=30, help='steps between summaries')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
     hardware.add_flags(p)
@@ -113,10 +120,11 @@ def parse_args(argv=None):
         p.set_defaults(**DEMO)
         args = p.parse_args(argv)  # flags given on the command line still win
     for flag in ('image_size', 'batch_size', 'val_batch_size', 'log_every', 'summary_every',
-                 'save_every_secs'):
+                 'save_every_secs', 'keep_checkpoints'):
         if getattr(args, flag) < 1:
             p.error('--%s must be at least 1' % flag.replace('_', '-'))
-    for flag in ('head_steps', 'warmup_steps', 'early_stopping', 'validate_every', 'max_steps'):
+    for flag in ('head_steps', 'warmup_steps', 'early_stopping', 'validate_every', 'max_steps',
+                 'save_every_steps'):
         if getattr(args, flag) < 0:
             p.error('--%s must not be negative' % flag.replace('_', '-'))
     if min(args.epochs, args.learning_rate, args.head_learning_rate) <= 0:
@@ -137,6 +145,8 @@ def parse_args(argv=None):
         p.error('--image-size must be at least 32 (VGG19 halves it five times)')
     if not 0 < args.val_fraction < 1:
         p.error('--val-fraction must be between 0 and 1')
+    if not 0 <= args.max_unreadable <= 1:
+        p.error('--max-unreadable must be between 0 and 1')
     check_parallel_flags(p, args)
     return args
 
@@ -190,6 +200,25 @@ def total_steps(num_examples, batch_size, epochs, max_steps=0):
 
 
 SCHEDULES = ('polynomial', 'cosine', 'exponential', 'constant')
+
+
+def planned_steps(args, num_train, previous=None, workers=1):
+    """The plan of the run: the step it ends at (--head-steps, then --epochs of full batches,
+    capped by --max-steps; a step takes a batch from each of `workers`) and what it was
+    computed from. The plan of the first start (in `previous` settings) is kept while these
+    stay the same, even if the count of readable images changed since, so a restart never
+    moves the end of the schedule."""
+    plan = {'epochs': args.epochs, 'batch_size': args.batch_size, 'max_steps': args.max_steps,
+            'head_steps': args.head_steps, 'workers': workers}
+    old = (previous or {}).get('plan')
+    if old and {key: old.get(key) for key in plan} == plan:
+        if old.get('train_images') != num_train:
+            log.info('keeping the %d steps planned at the first start (for %s training images, '
+                     'now %d)', old['last_step'], old.get('train_images'), num_train)
+        return old
+    steps = args.head_steps + total_steps(num_train, args.batch_size * workers, args.epochs)
+    return dict(plan, last_step=min(steps, args.max_steps) if args.max_steps else steps,
+                train_images=num_train)
 
 
 def learning_rate_at(step, steps, base, schedule='polynomial', end=1e-7, power=1.0,
@@ -401,6 +430,44 @@ class ValidationHook(tf.train.SessionRunHook):
         return False
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinite loss or weight; nothing of that step was saved."""
+
+    def __init__(self, step):
+        super().__init__('the loss or the weights became NaN or infinite at step %d' % step)
+        self.step = step
+
+
+class NanGuardHook(tf.train.SessionRunHook):
+    """Stops training with NonFiniteError when the loss, or a weight after the update, is not
+    finite. Passed as a chief-only hook, it runs ahead of the checkpoint saver, so such a step
+    is never saved (a finite loss with an overflowing update still makes infinite weights)."""
+
+    def __init__(self, loss, var_list):
+        self._loss = loss
+        checks = []
+        for v in var_list:
+            with tf.colocate_with(v):  # on a parameter server, only the answer travels
+                checks.append(tf.reduce_all(tf.is_finite(v)))
+        self._finite = tf.reduce_all(checks)
+        self._step = tf.train.get_global_step()
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self._loss)
+
+    def after_run(self, run_context, run_values):
+        if not (np.isfinite(run_values.results) and run_context.session.run(self._finite)):
+            raise NonFiniteError(run_context.session.run(self._step))
+
+
+def recover(checkpoint_dir):
+    """The checkpoint to resume from (model.recover_checkpoints), each repair logged."""
+    latest, problems = model.recover_checkpoints(checkpoint_dir)
+    for problem in problems:
+        log.warning('checkpoint start-up check: %s', problem)
+    return latest
+
+
 def train(args, extra_hooks=()):
     """Train as `args` say; `extra_hooks`: more SessionRunHooks, for a program embedding this.
     In a cluster (args.task), the variables live on the parameter servers."""
@@ -423,7 +490,9 @@ def _train(args, extra_hooks):
                  args.dataset, args.dataset)
         demo.make_dataset(args.dataset)
         demo.make_samples(args.dataset + '-samples')
-    latest = tf.train.latest_checkpoint(args.checkpoint_dir)
+    # Only the chief repairs the checkpoint directory; the others read what it left.
+    latest = recover(args.checkpoint_dir) if chief else tf.train.latest_checkpoint(
+        args.checkpoint_dir)
     check_inputs(args, resuming=latest is not None or not chief)
     dataset = data.load_dataset(args.dataset, args.val_fraction, args.seed)
     if chief:
@@ -431,21 +500,22 @@ def _train(args, extra_hooks):
     # The image check's cache is the chief's to write; another worker checks its own copy.
     dataset = data.drop_unreadable(
         dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json') if chief else
-        None)
+        None, max_share=args.max_unreadable,
+        resize_side=data.resize_side_range(args.image_size)[1])
     # Settings left by a run that never saved a checkpoint describe no model: replace them.
     previous = model.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)
-    if chief:
-        model.save_settings(args.checkpoint_dir, settings)
     num_classes = len(dataset.class_ids)
     num_train, num_val = len(dataset.train.paths), len(dataset.validation.paths)
     if num_train < args.batch_size:
         raise data.DatasetError('--batch-size %d is larger than the %d training images of %s'
                                 % (args.batch_size, num_train, args.dataset))
     # A synchronous step takes a batch from every worker: the same epochs in fewer steps.
-    step_batch = args.batch_size * (parallel.num_trainers(args.task) if args.sync_replicas else 1)
-    last_step = args.head_steps + total_steps(num_train, step_batch, args.epochs)
-    last_step = min(last_step, args.max_steps) if args.max_steps else last_step
+    settings['plan'] = planned_steps(args, num_train, previous, parallel.num_trainers(
+        args.task) if args.sync_replicas else 1)
+    last_step = settings['plan']['last_step']
+    if chief:
+        model.save_settings(args.checkpoint_dir, settings)
     log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
              args.dataset, dataset.layout, num_classes, num_train, num_val, last_step,
              args.batch_size)
@@ -539,16 +609,20 @@ def _train(args, extra_hooks):
     if args.task:
         hooks += sync_hooks + [parallel.StepCountHook(args.task)]
     # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
-    nan_guard = [tf.train.NanTensorHook(total_loss)]
-    scaffold = tf.train.Scaffold(init_fn=init_fn)
+    trained = {v.op.name: v for var_list in stages.values() for v in var_list}
+    nan_guard = [NanGuardHook(total_loss, list(trained.values()))]
+    # The Scaffold's default saver, with --keep-checkpoints.
+    scaffold = tf.train.Scaffold(init_fn=init_fn, saver=tf.train.Saver(
+        sharded=True, max_to_keep=args.keep_checkpoints, allow_empty=True))
     if not chief:
         parallel.wait_for_chief(server.target, config)
     try:
         session = tf.train.MonitoredTrainingSession(
             master=server.target if server else '', is_chief=chief, config=config,
             checkpoint_dir=args.checkpoint_dir, scaffold=scaffold, hooks=hooks,
-            chief_only_hooks=nan_guard, save_checkpoint_secs=args.save_every_secs,
-            save_summaries_steps=args.summary_every, log_step_count_steps=0)
+            chief_only_hooks=nan_guard, save_summaries_steps=args.summary_every,
+            save_checkpoint_secs=None if args.save_every_steps else args.save_every_secs,
+            save_checkpoint_steps=args.save_every_steps or None, log_step_count_steps=0)
     except tf.errors.NotFoundError as e:
         raise model.SettingsError(
             '%s does not hold what this run needs (%s): it was saved with another --optimizer, '
@@ -607,10 +681,10 @@ def main(argv=None):
             hardware.HardwareError, parallel.ClusterError) as e:
         print('train.py: error: %s' % e, file=sys.stderr)
         return 2
-    except tf.train.NanLossDuringTrainingError:
-        print('train.py: error: the loss became NaN or infinite; nothing of that step was saved. '
-              'Lower --learning-rate and run again to resume from the last checkpoint.',
-              file=sys.stderr)
+    except NonFiniteError as e:
+        print('train.py: error: %s; nothing of that step was saved. Lower --learning-rate (now '
+              '%g) and run the same command again to resume from the last checkpoint.'
+              % (e, args.learning_rate), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('train.py: interrupted; run the same command again to resume from the last '

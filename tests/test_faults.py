@@ -1,0 +1,475 @@
+"""Faults: damaged checkpoint state, kills at random moments (during saves too), a NaN on a save
+step, a dataset with planted bad files, hostile images at inference, and memory over time."""
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+import PIL.Image
+import tensorflow.compat.v1 as tf
+
+import data
+import evaluate
+import inference
+import model
+import train
+from conftest import ROOT
+
+
+def _save_steps(directory, steps, poison=None):
+    """model.ckpt-<step> checkpoints of two small variables, as train.py's Saver writes them;
+    the one at step `poison` holds a NaN."""
+    with tf.Graph().as_default():
+        weights = tf.Variable(np.arange(1000, dtype=np.float32), name='weights')
+        step = tf.train.get_or_create_global_step()
+        saver = tf.train.Saver(sharded=True, max_to_keep=10)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            for s in steps:
+                session.run([step.assign(s), weights.assign(
+                    np.full(1000, np.nan if s == poison else s, np.float32))])
+                saver.save(session, os.path.join(directory, 'model.ckpt'), global_step=s)
+
+
+def _truncate(path):
+    with open(path, 'rb') as f:
+        content = f.read()
+    with open(path, 'wb') as f:
+        f.write(content[:len(content) // 2])
+
+
+def _state(directory, content):
+    with open(os.path.join(directory, 'checkpoint'), 'w') as f:
+        f.write(content)
+
+
+@pytest.mark.parametrize('damage, expected, problem', [
+    (lambda d: _state(d, 'garbage {{{'), 3, 'is not a checkpoint state'),
+    (lambda d: _state(d, ''), 3, 'is unreadable'),
+    (lambda d: _state(d, 'model_checkpoint_path: "/gone/model.ckpt-9"\n'), 3, 'does not exist'),
+    (lambda d: os.remove(os.path.join(d, 'checkpoint')), 3, 'no state file'),
+    (lambda d: _truncate(os.path.join(d, 'model.ckpt-3.data-00000-of-00001')), 2,
+     'model.ckpt-3 cannot be restored'),
+    (lambda d: _truncate(os.path.join(d, 'model.ckpt-3.index')), 2,
+     'model.ckpt-3 cannot be restored'),
+    (lambda d: open(os.path.join(d, 'model.ckpt-3.index'), 'w').close(), 2,
+     'model.ckpt-3 cannot be restored'),
+    (lambda d: os.remove(os.path.join(d, 'model.ckpt-3.data-00000-of-00001')), 2,
+     'model.ckpt-3 cannot be restored'),
+])
+def test_damaged_state_leads_to_the_newest_checkpoint_that_restores(tmp_path, damage, expected,
+                                                                    problem):
+    directory = str(tmp_path)
+    _save_steps(directory, [1, 2, 3])
+    damage(directory)
+    chosen, problems = model.recover_checkpoints(directory)
+    assert chosen == os.path.join(directory, 'model.ckpt-%d' % expected)
+    assert any(problem in p for p in problems), problems
+    assert 'the state file now names model.ckpt-%d' % expected in problems[-1]
+    # TensorFlow's own lookup, as MonitoredTrainingSession makes it, now finds it, and it
+    # restores; a damaged newer one is set aside, not deleted.
+    assert tf.train.latest_checkpoint(directory) == chosen
+    assert tf.train.load_checkpoint(chosen).get_tensor('weights')[0] == expected
+    if expected == 2:
+        assert not os.path.exists(os.path.join(directory, 'model.ckpt-3.index'))
+        assert [n for n in os.listdir(directory) if n.startswith('model.ckpt-3.')
+                and n.endswith('.damaged')]
+    # Repaired: the next start finds nothing wrong.
+    assert model.recover_checkpoints(directory) == (chosen, [])
+
+
+def test_a_checkpoint_with_nan_is_never_resumed_from(tmp_path):
+    _save_steps(str(tmp_path), [1, 2], poison=2)
+    chosen, problems = model.recover_checkpoints(str(tmp_path))
+    assert chosen.endswith('model.ckpt-1') and 'weights holds NaN' in problems[0]
+
+
+def test_leftovers_of_an_interrupted_save_are_removed(tmp_path):
+    directory = str(tmp_path)
+    _save_steps(directory, [1])
+    os.makedirs(os.path.join(directory, 'model.ckpt-2_temp'))
+    open(os.path.join(directory, 'model.ckpt-2_temp', 'part-00000-of-00001.index'), 'w').close()
+    open(os.path.join(directory, 'checkpoint.tempstate123'), 'w').close()
+    chosen, problems = model.recover_checkpoints(directory)
+    assert chosen.endswith('model.ckpt-1') and len(problems) == 2
+    assert sorted(os.listdir(directory)) == ['checkpoint', 'model.ckpt-1.data-00000-of-00001',
+                                             'model.ckpt-1.index', 'model.ckpt-1.meta']
+
+
+def test_a_directory_whose_checkpoints_are_all_damaged_is_an_error(tmp_path):
+    directory = str(tmp_path)
+    _save_steps(directory, [1])
+    _truncate(os.path.join(directory, 'model.ckpt-1.index'))
+    with pytest.raises(model.CheckpointError, match='no checkpoint in .* can be restored'):
+        model.recover_checkpoints(directory)
+    assert os.path.exists(os.path.join(directory, 'model.ckpt-1.index'))  # left as it was
+    assert model.recover_checkpoints(str(tmp_path / 'new')) == (None, [])
+
+
+def test_best_record_describes_the_weights_beside_it_or_nothing(tmp_path):
+    directory = str(tmp_path)
+    with tf.Graph().as_default():
+        tf.Variable(1.0, name='w')
+        saver = model.best_saver(directory, tf.global_variables())
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            model.save_best(session, saver, directory, {'step': 5, 'accuracy': 0.5})
+            assert model.load_best(directory)['checkpoint'] == 'model.ckpt-5'
+            # Killed after the weights of step 9 were saved, before their record was written:
+            saver.save(session, os.path.join(directory, model.BEST_DIR, 'model.ckpt'), 9,
+                       write_meta_graph=False)
+            assert model.load_best(directory) is None
+            model.save_best(session, saver, directory, {'step': 9, 'accuracy': 0.25})
+            assert model.load_best(directory)['accuracy'] == 0.25
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile images: each gives a clear per-file message or the right pixels, never a traceback.
+
+def _png_header(path, width, height):
+    """A PNG whose header claims width x height (its pixel data is missing): decoding it would
+    allocate width * height * 3 bytes before noticing."""
+    def chunk(kind, body):
+        return (struct.pack('>I', len(body)) + kind + body
+                + struct.pack('>I', zlib.crc32(kind + body) & 0xffffffff))
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+                + chunk(b'IDAT', zlib.compress(b'\0' * 64)) + chunk(b'IEND', b''))
+    return path
+
+
+def _hostile_files(directory):
+    """{name: (path, what read_rgb must give: an array, or a piece of its error message)}."""
+    rgb = _smooth()
+    files = {}
+
+    def save(name, image, expected, **options):
+        path = os.path.join(directory, name)
+        image.save(path, **options)
+        files[name] = (path, expected)
+    save('photo.jpg', PIL.Image.fromarray(rgb), None, quality=95)
+    with open(files['photo.jpg'][0], 'rb') as f:
+        jpeg = f.read()
+    for name, content, message in (('empty.jpg', b'', 'cannot identify image file'),
+                                   ('random.jpg', os.urandom(2000), 'cannot identify image file'),
+                                   ('truncated.jpg', jpeg[:len(jpeg) // 2], 'truncated')):
+        with open(os.path.join(directory, name), 'wb') as f:
+            f.write(content)
+        files[name] = (os.path.join(directory, name), message)
+    save('one.png', PIL.Image.fromarray(rgb[:1, :1]), rgb[:1, :1])
+    save('strip.png', PIL.Image.fromarray(rgb[:1, :]), rgb[:1, :])
+    save('palette.png', PIL.Image.fromarray(rgb).convert('P', palette=PIL.Image.ADAPTIVE),
+         'palette')
+    save('cmyk.jpg', PIL.Image.fromarray(rgb).convert('CMYK'), 'cmyk')
+    save('deep.png', PIL.Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+         np.repeat(rgb[..., :1], 3, axis=2))
+    frames = [PIL.Image.fromarray(rgb), PIL.Image.fromarray(255 - rgb)]
+    save('animated.gif', frames[0], 'first frame', save_all=True, append_images=frames[1:])
+    exif = PIL.Image.Exif()
+    exif[inference.EXIF_ORIENTATION] = 6  # stored turned left: shown turned right
+    save('rotated.jpg', PIL.Image.fromarray(rgb), 'rotated', quality=95, exif=exif)
+    files['huge.png'] = (_png_header(os.path.join(directory, 'huge.png'), 30000, 30000),
+                         '30000x30000 pixels is over --max-pixels')
+    files['bomb.png'] = (_png_header(os.path.join(directory, 'bomb.png'), 100000, 100000),
+                         '100000x100000 pixels is over --max-pixels')
+    files['long.png'] = (_png_header(os.path.join(directory, 'long.png'), 1, 20000000),
+                         'short side resized to 36')
+    return files
+
+
+def test_each_hostile_image_reads_right_or_fails_with_a_message(tmp_path):
+    files = _hostile_files(str(tmp_path))
+    photo = inference.read_rgb(files['photo.jpg'][0], 50e6)
+    for name, (path, expected) in files.items():
+        if isinstance(expected, str) and expected not in ('palette', 'cmyk', 'rotated',
+                                                          'first frame'):
+            with pytest.raises(Exception) as error:
+                inference.read_rgb(path, 50e6, resize_side=36)
+            assert expected.lower() in str(error.value).lower(), name
+            continue
+        image = inference.read_rgb(path, 50e6, resize_side=36)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+        if isinstance(expected, np.ndarray):
+            np.testing.assert_array_equal(image, expected, err_msg=name)
+        elif expected == 'rotated':  # the same JPEG pixels, shown turned right
+            np.testing.assert_array_equal(image, np.rot90(photo, -1))
+        else:  # near the picture it was made from (JPEG, palette and CMYK round a little)
+            assert np.abs(image.astype(float) - _smooth()).mean() < 8, name
+
+
+def _smooth():
+    """A 40x60 picture with smooth colours, which JPEG and a palette keep nearly as it is."""
+    y, x = np.mgrid[0:40, 0:60]
+    return np.stack([x * 4, y * 6, 255 - x * 2 - y], axis=2).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training killed, poisoned and fed bad files.
+
+# The cheapest real run: the demo's 32 px and frozen base, a small batch, frequent saves.
+CHEAP = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--init', 'he',
+         '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0', '--save-every-steps', '2',
+         '--keep-checkpoints', '2', '--log-every', '1']
+
+
+def _step(prefix):
+    return int(prefix.rsplit('-', 1)[1]) if prefix else -1
+
+
+def _names(directory):
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def _kill_when(process, log_path, directory, ready, delay=0.0, timeout=120):
+    """Wait until `ready(log text, file names)` holds, then `delay` seconds, then kill -9 the
+    process group."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        with open(log_path) as f:
+            text = f.read()
+        if ready(text, _names(directory)):
+            time.sleep(delay)
+            assert process.poll() is None, 'ended before the kill'
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            return
+        time.sleep(0.01)
+    with open(log_path) as f:
+        raise AssertionError('%s (exit status %s) never got there:\n%s'
+                             % (log_path, process.poll(), f.read()[-3000:]))
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_end(
+        photo_dataset, tmp_path, capsys):
+    out, last_step = str(tmp_path / 'run'), 16
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', photo_dataset,
+               '--checkpoint-dir', out, '--max-steps', str(last_step)] + CHEAP
+    rng = random.Random(7)
+    resumed, plans, resumes = -1, [], []
+
+    def saving(text, names):  # a checkpoint past the last resume (and step 0) is being written
+        # (once this run removed what the last kill left: it logs its stage by then)
+        return 'stage from step' in text and any(
+            n.endswith('_temp') and _step(n[:-len('_temp')]) > max(resumed, 0) for n in names)
+
+    def stepped(text, names):  # a step past the last resume has run
+        steps = re.findall(r'step (\d+)/', text)
+        return bool(steps) and int(steps[-1]) > resumed
+    # Before the fourth start the state file is garbage, which TensorFlow alone would take
+    # for no checkpoint at all.
+    moments = [saving, stepped, saving, stepped, saving, None]
+    for attempt, moment in enumerate(moments):
+        named = _step(tf.train.latest_checkpoint(out))
+        if attempt == 3:
+            with open(os.path.join(out, 'checkpoint'), 'w') as f:
+                f.write('garbage {{{')
+        log_path = str(tmp_path / ('log%d' % attempt))
+        with open(log_path, 'w') as log:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
+                                       start_new_session=True)
+        try:
+            if moment:
+                _kill_when(process, log_path, out, moment,
+                           rng.uniform(0, 2) if moment is stepped else 0.0)
+            else:
+                assert process.wait(timeout=240) == 0
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        with open(log_path) as f:
+            text = f.read()
+        assert 'Traceback' not in text, text[-3000:]
+        if attempt:
+            match = re.search(r'resuming from \S+ \(step (\d+)\)', text)
+            assert match, text[-3000:]
+            step = int(match.group(1))
+            assert step >= max(resumed, named), (attempt, step, resumed, named)
+            resumed = step
+            resumes.append(step)
+        if attempt == 3:
+            assert 'is not a checkpoint state' in text
+        if attempt and moments[attempt - 1] is saving:  # what the killed save left is gone
+            assert re.search(r'removed model\.ckpt-\d+_temp, left by an interrupted save', text)
+        with open(os.path.join(out, model.SETTINGS_FILE)) as f:
+            plans.append(json.load(f)['plan']['last_step'])
+    with capsys.disabled():
+        print('resumed at steps', resumes)
+    assert plans == [last_step] * 6 and resumed > 0
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-%d' % last_step)
+    assert not [n for n in _names(out) if n.endswith('_temp') or 'tempstate' in n]
+
+    # The validation at the end of the last run saw the weights of the last checkpoint.
+    steps, values = evaluate.read_scalars(out, ['accuracy'])['accuracy']
+    assert steps == [last_step]
+    capsys.readouterr()
+    assert evaluate.main(['--checkpoint-dir', out, '--json']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['step'] == last_step and report['top1'] == pytest.approx(values[-1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_nan_on_a_save_step_stops_before_the_save(photo_dataset, tmp_path, monkeypatch, capsys,
+                                                  caplog):
+    caplog.set_level(logging.INFO)
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out, '--max-steps', '6'] + CHEAP
+    schedule = train.stage_at
+
+    def poisoned(step, args, last_step):  # the update from step 3 to 4, a save step, goes NaN
+        stage, rate = schedule(step, args, last_step)
+        return stage, float('nan') if step == 3 else rate
+    monkeypatch.setattr(train, 'stage_at', poisoned)
+    assert train.main(flags) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith('train.py: error: the loss or the weights became NaN or infinite at '
+                            'step 4; nothing of that step was saved. Lower --learning-rate')
+    latest = tf.train.latest_checkpoint(out)
+    assert latest.endswith('model.ckpt-2') and not os.path.exists(
+        os.path.join(out, 'model.ckpt-4.index'))
+    assert model.checkpoint_problem(latest) is None  # every value reads back, finite
+    monkeypatch.setattr(train, 'stage_at', schedule)
+    assert train.main(flags) == 0  # and it restores: the same command resumes there
+    assert 'resuming from %s (step 2)' % latest in caplog.text
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-6')
+
+
+def _planted_dataset(root, photo_dataset, outside):
+    """The photo dataset with bad files planted in a class folder: {path: what is wrong}."""
+    shutil.copytree(photo_dataset, root)
+    folder = os.path.join(root, 'camera')
+    good = sorted(os.listdir(folder))[0]
+    with open(os.path.join(folder, good), 'rb') as f:
+        jpeg = f.read()
+    bad = {}
+    for name, content in (('empty.jpg', b''), ('truncated.jpg', jpeg[:len(jpeg) // 3]),
+                          ('text.png', b'<html>not an image</html>')):
+        bad[os.path.join(folder, name)] = 'cannot be decoded'
+        with open(os.path.join(folder, name), 'wb') as f:
+            f.write(content)
+    bad[_png_header(os.path.join(folder, 'huge.png'), 30000, 30000)] = '30000x30000 pixels'
+    bad[_png_header(os.path.join(folder, 'strip.png'), 200000, 1)] = 'short side resized to 73'
+    shutil.copy(os.path.join(folder, good), outside)
+    os.symlink(outside, os.path.join(folder, 'link.jpg'))
+    return bad
+
+
+def test_planted_bad_files_are_found_named_and_counted(photo_dataset, tmp_path, caplog):
+    root = str(tmp_path / 'planted')
+    bad = _planted_dataset(root, photo_dataset, str(tmp_path / 'outside.jpg'))
+    dataset = data.load_dataset(root)
+    assert 'that are links to files outside' in caplog.text and 'link.jpg' in caplog.text
+    everything = dataset.train.paths + dataset.validation.paths
+    assert not [p for p in everything if p.endswith('link.jpg')] and set(bad) <= set(everything)
+    with pytest.raises(data.DatasetError, match=r'5 of the 29 images .* \(17\.2%\) cannot be '
+                                                r'used, more than --max-unreadable 0\.1'):
+        data.drop_unreadable(dataset, max_share=0.1, resize_side=73)
+    caplog.clear()
+    cache = str(tmp_path / 'unreadable.json')
+    kept = data.drop_unreadable(dataset, cache, max_share=0.2, resize_side=73)
+    assert len(kept.train.paths) + len(kept.validation.paths) == 24
+    for path, why in bad.items():
+        assert path in caplog.text and why in json.load(open(cache))['unreadable'][path]
+    assert 'skipping 3 file(s) that cannot be decoded' in caplog.text
+    assert 'skipping 2 file(s) too large to decode' in caplog.text
+
+
+class _Memory(tf.train.SessionRunHook):
+    """After each step (and the validation in it): the process's resident memory, and whether
+    the graph is finalized."""
+
+    def __init__(self):
+        self.rss, self.finalized = [], []
+
+    def after_run(self, run_context, run_values):
+        with open('/proc/self/statm') as f:
+            self.rss.append(int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE'))
+        self.finalized.append(run_context.session.graph.finalized)
+
+
+@pytest.mark.slow
+def test_planted_dataset_trains_and_memory_stays_flat_over_validations(photo_dataset, tmp_path,
+                                                                       capsys, caplog):
+    caplog.set_level(logging.INFO)
+    root = str(tmp_path / 'planted')
+    _planted_dataset(root, photo_dataset, str(tmp_path / 'outside.jpg'))
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', root, '--checkpoint-dir', out, '--max-steps', '20'] + CHEAP
+    assert train.main(flags) == 2
+    assert '--max-unreadable 0.1 allows' in capsys.readouterr().err.strip().splitlines()[-1]
+    memory = _Memory()
+    with tf.Graph().as_default():
+        train.train(train.parse_args(flags + ['--max-unreadable', '0.2', '--validate-every', '1',
+                                              '--save-every-steps', '100']), [memory])
+    assert len(memory.rss) == 20 and all(memory.finalized)
+    assert 'validation at step 20' in caplog.text
+    with capsys.disabled():
+        print('RSS after each validation, MB:', [r >> 20 for r in memory.rss])
+    # Past the first passes (allocator pools; a save into best/ can raise the high-water mark
+    # once by ~10 MB), no growth per pass: 12 more passes stay within 24 MB.
+    assert max(memory.rss[8:]) - memory.rss[7] < 24 << 20
+
+
+@pytest.mark.slow
+def test_inference_on_hostile_files_answers_each_with_bounded_memory(tmp_path, checkpoint_dir):
+    files = _hostile_files(str(tmp_path))
+    errors = {name for name, (_, expected) in files.items() if isinstance(expected, str)
+              and expected not in ('palette', 'cmyk', 'rotated', 'first frame')}
+    paths = [path for path, _ in files.values()]
+    with open(tmp_path / 'out', 'w') as out, open(tmp_path / 'err', 'w') as err:
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'inference.py'), '--checkpoint-dir',
+             checkpoint_dir, '--json'] + paths, stdout=out, stderr=err, start_new_session=True)
+    timer = threading.Timer(300, os.killpg, (process.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)  # with the child's peak memory
+    finally:
+        timer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    lines = [json.loads(line) for line in (tmp_path / 'out').read_text().splitlines()]
+    err = (tmp_path / 'err').read_text()
+    assert process.returncode == 1 and 'Traceback' not in err
+    by_name = {os.path.basename(line['image']): line for line in lines}
+    assert sorted(by_name) == sorted(files)
+    assert {name for name, line in by_name.items() if 'error' in line} == errors
+    for name in errors:
+        assert 'inference.py: %s: cannot read image: ' % files[name][0] in err
+    # A 30000x30000 RGB image alone would be 2.7 GB; this is the model and TensorFlow.
+    assert usage.ru_maxrss < 2_000_000, usage.ru_maxrss  # KB
+    print('inference peak RSS: %d MB' % (usage.ru_maxrss >> 10))
+
+
+def test_the_planned_step_count_is_kept_on_resume_unless_its_flags_change():
+    args = train.parse_args(['--epochs', '2', '--batch-size', '4'])
+    plan = train.planned_steps(args, 18)
+    assert plan['last_step'] == 8 and plan['train_images'] == 18
+    assert train.planned_steps(args, 9, {'plan': plan}) == plan  # files went bad since
+    args.epochs = 3
+    assert train.planned_steps(args, 9, {'plan': plan})['last_step'] == 6
+    args.max_steps = 5
+    assert train.planned_steps(args, 18)['last_step'] == 5
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--max-unreadable', '1.5'], '--max-unreadable must be between 0 and 1'),
+    (['--save-every-steps', '-1'], '--save-every-steps must not be negative'),
+    (['--keep-checkpoints', '0'], '--keep-checkpoints must be at least 1'),
+])
+def test_new_flags_are_checked(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train.parse_args(flags)
+    assert exit.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
