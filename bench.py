@@ -17,8 +17,8 @@ Shared machines swing 2x from one minute to the next, so each comparison runs it
 alternation (a warm-up of each, then A B A B ...) and reports the median of the pair-by-pair
 ratios, with their min and max: a ratio of neighbours holds where an absolute time does not.
 Both sides run at the precision --precision resolves to on this machine (Keras through its
-matching mixed-precision policy) and with XLA only where --xla asks for it (Keras compiles
-with XLA only on GPUs by default).
+matching mixed-precision policy). --xla compiles this tool's side with XLA, --keras-xla the
+Keras side (whose default, jit_compile='auto', compiles only on GPUs).
 """
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -64,11 +64,14 @@ def parse_args(argv=None):
     p.add_argument('--classes', type=int, default=101, help='of the new head (Food-101: 101)')
     p.add_argument('--pairs', type=int, default=3, help='A-B pairs timed after the warm-up')
     p.add_argument('--steps', type=int, default=1, help='training steps in each timing')
-    p.add_argument('--pipeline-batches', type=int, default=8, help='batches in each timing')
+    p.add_argument('--pipeline-batches', type=int, default=16, help='batches in each timing')
     p.add_argument('--skip', default='', help='comma-separated parts not to run: '
                                               'pipeline,train,inference,matmul')
     p.add_argument('--json', action='store_true', help='print one JSON object, no table')
     hardware.add_flags(p)
+    p.add_argument('--keras-xla', action='store_true',
+                   help="compile the Keras side with XLA (jit_compile=True); Keras' own default "
+                        'compiles only on GPUs')
     args = p.parse_args(argv)
     for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches'):
         if getattr(args, flag) < 1:
@@ -146,10 +149,14 @@ def bench_pipeline(args, directory):
     for ds in (data.train_pipeline(split, args.image_size, args.batch_size, seed=0).map(
             lambda images, labels: images),
             naive_pipeline(paths, args.image_size, args.batch_size)):
-        batch = tf.data.make_one_shot_iterator(ds).get_next()
+        # A fresh iterator for each timing: what a prefetching pipeline buffered while the
+        # other side was timed must not count, and its start-up must.
+        iterator = tf.data.make_initializable_iterator(ds)
+        batch = iterator.get_next()
 
-        def side(batch=batch):
+        def side(batch=batch, initializer=iterator.initializer):
             def run():
+                session.run(initializer)
                 for _ in range(args.pipeline_batches):
                     session.run(batch)
             return images_per_second(run, args.pipeline_batches * args.batch_size)
@@ -213,7 +220,8 @@ def keras_vgg19(args, precision):
     outputs = keras.layers.Dense(args.classes, activation='softmax', dtype='float32')(x)
     net = keras.Model(base.input, outputs)
     net.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
-                loss='sparse_categorical_crossentropy', jit_compile=True if args.xla else 'auto')
+                loss='sparse_categorical_crossentropy',
+                jit_compile=True if args.keras_xla else 'auto')
     return net
 
 
@@ -282,7 +290,8 @@ def run(args):
     result = {'machine': '%s, %d cores, %s' % (platform.processor() or platform.machine(),
                                                os.cpu_count(), _cpu_name()),
               'date': time.strftime('%Y-%m-%d'), 'tensorflow': tf2.__version__,
-              'precision': precision, 'xla': args.xla, 'batch_size': args.batch_size,
+              'precision': precision, 'xla': args.xla, 'keras_xla': args.keras_xla,
+              'batch_size': args.batch_size,
               'image_size': args.image_size, 'pairs': args.pairs}
     with tempfile.TemporaryDirectory(prefix='bench-') as directory:
         if 'pipeline' not in skip:
@@ -314,16 +323,18 @@ def _cpu_name():
 
 def table(result):
     """The measurements as a Markdown table, as the README shows them."""
-    lines = ['%s; TensorFlow %s; %s; precision %s%s; batch %d, %d px; median of %d pairs'
-             % (result['machine'], result['tensorflow'], result['date'], result['precision'],
-                ', XLA' if result['xla'] else '', result['batch_size'], result['image_size'],
-                result['pairs']), '',
+    lines = ['%s; TensorFlow %s; %s; precision %s; XLA: %s; batch %d, %d px; median of %d '
+             'pairs' % (result['machine'], result['tensorflow'], result['date'],
+                        result['precision'], {(False, False): 'no', (True, False): 'this tool',
+                                              (False, True): 'Keras', (True, True): 'both'}[
+                                                  result['xla'], result['keras_xla']],
+                        result['batch_size'], result['image_size'], result['pairs']), '',
              '| images/s | this tool | baseline | speedup (min-max) |', '|---|---|---|---|']
     for name, baseline in (('pipeline', 'naive tf.data'), ('train', 'Keras 3'),
                            ('inference', 'Keras 3')):
         if name in result:
             r = result[name]
-            lines.append('| %s (baseline: %s) | %.1f | %.1f | %.2fx (%.2f-%.2f) |' % (
+            lines.append('| %s (baseline: %s) | %.3g | %.3g | %.2fx (%.2f-%.2f) |' % (
                 name, baseline, r['a'], r['b'], r['ratio'], r['ratio_min'], r['ratio_max']))
     if 'matmul_gflops' in result:
         lines.append('')
