@@ -51,6 +51,8 @@ import train  # noqa: E402
 # scale with the image area; at other sizes the figure is that scaling, an estimate.
 VGG19_MACS_224 = 19.6e9
 TRAIN_STEP_FORWARDS = 3
+PARTS = ('pipeline', 'train', 'inference', 'matmul')
+DTYPES = {'fp32': tf.float32, 'bf16': tf.bfloat16, 'fp16': tf.float16}
 KERAS_POLICY = {'fp32': 'float32', 'bf16': 'mixed_bfloat16', 'fp16': 'mixed_float16'}
 
 
@@ -73,6 +75,9 @@ def parse_args(argv=None):
                    help="compile the Keras side with XLA (jit_compile=True); Keras' own default "
                         'compiles only on GPUs')
     args = p.parse_args(argv)
+    unknown = set(parts(args.skip)) - set(PARTS)
+    if unknown:
+        p.error('--skip %s: the parts are %s' % (','.join(sorted(unknown)), ','.join(PARTS)))
     for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches'):
         if getattr(args, flag) < 1:
             p.error('--%s must be at least 1' % flag.replace('_', '-'))
@@ -97,11 +102,16 @@ def paired(side_a, side_b, pairs):
             'ratio_max': max(ratios)}
 
 
-def images_per_second(run, images):
-    """`run()` timed; `images` per call over its seconds."""
+def seconds(run):
+    """How long `run()` takes."""
     start = time.perf_counter()
     run()
-    return images / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def images_per_second(run, images):
+    """`run()` timed; `images` per call over its seconds."""
+    return images / seconds(run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,14 +277,8 @@ def matmul_gflops(dtype, n=2048, repeats=5):
         with tf.Session() as session:
             session.run(a.initializer)
             session.run(product)
-            best = min(_seconds(lambda: session.run(product)) for _ in range(repeats))
+            best = min(seconds(lambda: session.run(product)) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
-
-
-def _seconds(run):
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 def train_gflop_per_image(image_size):
@@ -286,9 +290,10 @@ def train_gflop_per_image(image_size):
 def run(args):
     """Every measurement as one dict: what the --json output prints."""
     precision = hardware.resolve_precision(args.precision)
-    skip = {part.strip() for part in args.skip.split(',')}
+    skip = set(parts(args.skip))
     result = {'machine': '%s, %d cores, %s' % (platform.processor() or platform.machine(),
-                                               os.cpu_count(), _cpu_name()),
+                                               os.cpu_count(),
+                                               hardware.cpu_info('model name') or 'unknown CPU'),
               'date': time.strftime('%Y-%m-%d'), 'tensorflow': tf2.__version__,
               'precision': precision, 'xla': args.xla, 'keras_xla': args.keras_xla,
               'batch_size': args.batch_size,
@@ -302,23 +307,17 @@ def run(args):
             for name, measured in bench_model(args, directory, precision, skip).items():
                 result[name], result[name + '_speedup'] = measured, measured['ratio']
     if 'matmul' not in skip:
-        result['matmul_gflops'] = {'fp32': matmul_gflops(tf.float32),
-                                   'bf16': matmul_gflops(tf.bfloat16)}
+        result['matmul_gflops'] = {name: matmul_gflops(DTYPES[name])
+                                   for name in sorted({'fp32', 'bf16', precision})}
         if 'train' in result:
             achieved = result['train']['a'] * train_gflop_per_image(args.image_size)
             result['train_gflops'] = achieved
-            ceiling = result['matmul_gflops']['bf16' if precision != 'fp32' else 'fp32']
-            result['train_share_of_ceiling'] = achieved / ceiling
+            result['train_share_of_ceiling'] = achieved / result['matmul_gflops'][precision]
     return result
 
 
-def _cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f
-                        if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return 'unknown CPU'
+def parts(text):
+    return [part.strip() for part in text.split(',') if part.strip()]
 
 
 def table(result):
@@ -338,12 +337,12 @@ def table(result):
                 name, baseline, r['a'], r['b'], r['ratio'], r['ratio_min'], r['ratio_max']))
     if 'matmul_gflops' in result:
         lines.append('')
-        lines.append('matmul ceiling: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s' % (
-            result['matmul_gflops']['fp32'], result['matmul_gflops']['bf16']))
+        lines.append('matmul ceiling: ' + ', '.join(
+            '%s %.0f GFLOP/s' % item for item in sorted(result['matmul_gflops'].items())))
         if 'train_gflops' in result:
             lines.append('training step: %.0f GFLOP/s achieved, %.0f%% of the %s ceiling' % (
                 result['train_gflops'], 100 * result['train_share_of_ceiling'],
-                'fp32' if result['precision'] == 'fp32' else 'bf16'))
+                result['precision']))
     return '\n'.join(lines)
 
 

@@ -164,6 +164,7 @@ def _inside(root, files_by_class):
     outside = [p for files in files_by_class.values() for p in files
                if not os.path.realpath(p).startswith(real_root)]
     _report(outside, 'that are links to files outside %s' % root)
+    outside = set(outside)
     return {c: [p for p in files if p not in outside] for c, files in files_by_class.items()}
 
 
@@ -408,13 +409,14 @@ def _fingerprint(paths, *options):
 
 
 def drop_unreadable(dataset, cache_file=None, max_share=1.0, max_pixels=MAX_PIXELS,
-                    resize_side=0):
+                    resize_side=0, write_cache=True):
     """The dataset without the files that cannot be used, each reported once by path: files too
     large to decode (find_oversized, from their headers), then the ones that do not decode
     (find_unreadable). More than `max_share` of the dataset unusable is a DatasetError.
 
     The check decodes every image once; its result is kept in `cache_file` and reused while no
-    file of the dataset changed (same paths, sizes and modification times).
+    file of the dataset changed (same paths, sizes and modification times); with `write_cache`
+    false it is only read (a cluster's other workers read what the chief wrote).
     """
     paths = dataset.train.paths + dataset.validation.paths
     fingerprint = _fingerprint(paths, max_pixels, resize_side)
@@ -432,7 +434,7 @@ def drop_unreadable(dataset, cache_file=None, max_share=1.0, max_pixels=MAX_PIXE
         bad = find_oversized(paths, max_pixels, resize_side)
         bad.update((p, 'cannot be decoded') for p in find_unreadable(
             [p for p in paths if p not in bad]))
-        if cache_file:
+        if cache_file and write_cache:
             tmp = cache_file + '.tmp'
             with open(tmp, 'w') as f:
                 json.dump({'fingerprint': fingerprint, 'unreadable': bad}, f)

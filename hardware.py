@@ -40,16 +40,22 @@ def add_flags(parser):
                         help='compile the graph with XLA (measure: it helps some machines)')
 
 
-def cpu_flags(cpuinfo='/proc/cpuinfo'):
-    """The CPU's feature flags (empty where /proc/cpuinfo is not there, as on macOS)."""
+def cpu_info(field, cpuinfo='/proc/cpuinfo'):
+    """The first CPU's `field` in /proc/cpuinfo ('' where there is none, as on macOS)."""
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith('flags'):
-                    return set(line.split(':', 1)[1].split())
+                name, _, value = line.partition(':')
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return ''
+
+
+def cpu_flags(cpuinfo='/proc/cpuinfo'):
+    """The CPU's feature flags."""
+    return set(cpu_info('flags', cpuinfo).split())
 
 
 def gpu_capabilities():

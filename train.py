@@ -269,8 +269,8 @@ def tower_loss(images, labels, settings, args, weights_by_class=None, reuse=None
     """The model and its loss on one tower's images: a dict of logits, loss (cross entropy,
     smoothed and weighted as `args` say), total_loss (plus the weight decay) and train_accuracy.
 
-    The weight decay is counted once, in the tower that creates the variables; the other towers
-    (reuse=True) share them, so the averaged gradient is that of the whole batch.
+    Every tower's total_loss holds the whole weight decay (one collection, shared variables),
+    so the average over the towers is the loss, and the gradient, of the whole batch.
     """
     logits, _ = model.classifier(images, settings, is_training=True, reuse=reuse,
                                  weight_decay=args.weight_decay, init=args.init,
@@ -497,11 +497,12 @@ def _train(args, extra_hooks):
     dataset = data.load_dataset(args.dataset, args.val_fraction, args.seed)
     if chief:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
-    # The image check's cache is the chief's to write; another worker checks its own copy.
+    # The image check's cache is the chief's to write; the other workers reuse it when it
+    # describes their copy of the dataset, and check that themselves otherwise.
     dataset = data.drop_unreadable(
-        dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json') if chief else
-        None, max_share=args.max_unreadable,
-        resize_side=data.resize_side_range(args.image_size)[1])
+        dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json'),
+        max_share=args.max_unreadable, write_cache=chief,
+        resize_side=data.resize_side_range(args.image_size)[0])  # validation's resize
     # Settings left by a run that never saved a checkpoint describe no model: replace them.
     previous = model.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)
@@ -516,9 +517,10 @@ def _train(args, extra_hooks):
     last_step = settings['plan']['last_step']
     if chief:
         model.save_settings(args.checkpoint_dir, settings)
+    step_images = args.batch_size * settings['plan']['workers']
     log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
              args.dataset, dataset.layout, num_classes, num_train, num_val, last_step,
-             args.batch_size)
+             step_images)
     if len(devices) > 1 or args.task:
         log.info('%s%d tower(s) of %d images (%s)', '%s:%d of %s: ' % (
             args.task.job, args.task.index, args.task.cluster) if args.task else '', len(devices),
@@ -597,7 +599,7 @@ def _train(args, extra_hooks):
                  'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
              LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
-                          'train_accuracy': train_accuracy}, last_step, args.batch_size,
+                          'train_accuracy': train_accuracy}, last_step, step_images,
                          args.log_every)]
     if chief:  # what writes into --checkpoint-dir
         hooks += [tf.train.SummarySaverHook(save_steps=last_step + 1,
@@ -682,9 +684,11 @@ def main(argv=None):
         print('train.py: error: %s' % e, file=sys.stderr)
         return 2
     except NonFiniteError as e:
-        print('train.py: error: %s; nothing of that step was saved. Lower --learning-rate (now '
-              '%g) and run the same command again to resume from the last checkpoint.'
-              % (e, args.learning_rate), file=sys.stderr)
+        flag, rate = (('--head-learning-rate', args.head_learning_rate) if e.step <=
+                      args.head_steps else ('--learning-rate', args.learning_rate))
+        print('train.py: error: %s; nothing of that step was saved. Lower %s (now %g) and run '
+              'the same command again to resume from the last checkpoint.' % (e, flag, rate),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('train.py: interrupted; run the same command again to resume from the last '

@@ -40,8 +40,11 @@ def test_bench_runs_every_part_and_prints_the_speedups(tmp_path):
     assert os.listdir(str(tmp_path)) == []  # its JPEGs and checkpoint removed
 
 
-def test_bad_flags_are_one_line_errors():
-    out = subprocess.run([sys.executable, 'bench.py', '--pairs', '0'], cwd=ROOT,
+@pytest.mark.parametrize('flags, message', [
+    (['--pairs', '0'], '--pairs must be at least 1'),
+    (['--skip', 'pipeline,trian'], '--skip trian: the parts are pipeline,train,inference,matmul'),
+])
+def test_bad_flags_are_one_line_errors(flags, message):
+    out = subprocess.run([sys.executable, 'bench.py'] + flags, cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith(
-        '--pairs must be at least 1')
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith(message)
