@@ -213,18 +213,19 @@ def placed(device_function):
     return contextlib.nullcontext() if device_function is None else tf.device(device_function)
 
 
+def mean(tensors):
+    """The average of the towers' `tensors` (the one tower's own when there is one)."""
+    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors) / len(tensors)
+
+
 def average_gradients(tower_gradients):
     """[[(gradient, variable)] of each tower] -> [(mean gradient, variable)]; a variable that
     gets no gradient in a tower gets none in the mean."""
     averaged = []
     for pairs in zip(*tower_gradients):
         variable, gradients = pairs[0][1], [g for g, _ in pairs]
-        if any(g is None for g in gradients):
-            averaged.append((None, variable))
-        elif len(gradients) == 1:
-            averaged.append((gradients[0], variable))
-        else:
-            averaged.append((tf.add_n(gradients) / len(gradients), variable))
+        averaged.append((None if any(g is None for g in gradients) else mean(gradients),
+                         variable))
     return averaged
 
 

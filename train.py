@@ -288,12 +288,6 @@ def tower_loss(images, labels, settings, args, weights_by_class=None, reuse=None
             'train_accuracy': train_accuracy}
 
 
-def mean_over(towers, key):
-    """The average of `key` over the towers' results."""
-    values = [t[key] for t in towers]
-    return values[0] if len(values) == 1 else tf.add_n(values) / len(values)
-
-
 def class_weights(labels, num_classes):
     """'balanced' weights: images / (classes present * images of the class), as scikit-learn's
     compute_class_weight; 0 for a class without images."""
@@ -541,7 +535,7 @@ def _train(args, extra_hooks):
     towers = parallel.on_towers(devices, args.task, lambda images, labels, reuse: tower_loss(
         images, labels, settings, args, per_class, reuse), images, labels)
     evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size, reuse=True)
-    loss, total_loss, train_accuracy = (mean_over(towers, key) for key in (
+    loss, total_loss, train_accuracy = (parallel.mean([t[key] for t in towers]) for key in (
         'loss', 'total_loss', 'train_accuracy'))
     tf.summary.scalar('loss', loss)
     tf.summary.scalar('total_loss', total_loss)
