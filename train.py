@@ -472,9 +472,9 @@ def train(args, extra_hooks=()):
 def _train(args, extra_hooks):
     # Settings and data: the chief alone writes into --checkpoint-dir
     chief = parallel.is_chief(args.task)
-    devices = parallel.tower_devices(args.num_gpus, args.devices, args.batch_size,
-                                     len(tf.config.list_physical_devices('GPU')))
-    precision = hardware.resolve_precision(args.precision)
+    gpus = hardware.gpu_capabilities()
+    devices = parallel.tower_devices(args.num_gpus, args.devices, args.batch_size, len(gpus))
+    precision = hardware.resolve_precision(args.precision, gpus)
     config = parallel.session_config(args.task, devices,
                                      hardware.session_config(precision, args.xla))
     server = parallel.start_server(args.task, config) if args.task else None

@@ -226,7 +226,7 @@ def test_missing_inputs_are_one_line_errors(tmp_path, photo_dataset):
     rc, line = _cli('--dataset', photo_dataset, '--checkpoint-dir', str(tmp_path / 'c'),
                     '--pretrained', str(tmp_path / 'vgg_19.ckpt'))
     assert rc == 2 and 'vgg_19_2016_08_28.tar.gz' in line and '--pretrained none' in line
-    if not tf.config.list_physical_devices('GPU'):
+    if not train.hardware.gpu_capabilities():
         rc, line = _cli('--dataset', photo_dataset, '--checkpoint-dir', str(tmp_path / 'c'),
                         '--precision', 'fp16')
         assert rc == 2 and line.startswith('train.py: error: --precision fp16 needs a GPU')
