@@ -75,7 +75,7 @@ def parse_args(argv=None):
                    help="compile the Keras side with XLA (jit_compile=True); Keras' own default "
                         'compiles only on GPUs')
     args = p.parse_args(argv)
-    unknown = set(parts(args.skip)) - set(PARTS)
+    unknown = set(train.scopes(args.skip)) - set(PARTS)
     if unknown:
         p.error('--skip %s: the parts are %s' % (','.join(sorted(unknown)), ','.join(PARTS)))
     for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches'):
@@ -290,7 +290,7 @@ def train_gflop_per_image(image_size):
 def run(args):
     """Every measurement as one dict: what the --json output prints."""
     precision = hardware.resolve_precision(args.precision)
-    skip = set(parts(args.skip))
+    skip = set(train.scopes(args.skip))
     result = {'machine': '%s, %d cores, %s' % (platform.processor() or platform.machine(),
                                                os.cpu_count(),
                                                hardware.cpu_info('model name') or 'unknown CPU'),
@@ -314,10 +314,6 @@ def run(args):
             result['train_gflops'] = achieved
             result['train_share_of_ceiling'] = achieved / result['matmul_gflops'][precision]
     return result
-
-
-def parts(text):
-    return [part.strip() for part in text.split(',') if part.strip()]
 
 
 def table(result):

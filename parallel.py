@@ -312,7 +312,7 @@ class SyncReplicasHook(tf.train.SessionRunHook):
                 session.run(self._aggregate)
         except (tf.errors.CancelledError, tf.errors.OutOfRangeError, tf.errors.AbortedError,
                 tf.errors.UnavailableError):
-            pass  # the session closed, or a task went away: the training loop sees to it
+            return  # the session closed, or a task went away: the training loop sees to it
         except Exception as e:  # anything else stops training, with its error
             coord.request_stop(e)
 
@@ -370,7 +370,7 @@ def wait_for_chief(target, config, timeout_secs=3600):
                 if not len(session.run(uninitialized)):
                     return
             except (tf.errors.UnavailableError, tf.errors.AbortedError):
-                pass  # a parameter server not up yet
+                log.debug('a parameter server is not up yet')
             time.sleep(1)
     raise ClusterError('the chief did not initialise the model within %d s' % timeout_secs)
 
