@@ -16,9 +16,12 @@
 Shared machines swing 2x from one minute to the next, so each comparison runs its two sides in
 alternation (a warm-up of each, then A B A B ...) and reports the median of the pair-by-pair
 ratios, with their min and max: a ratio of neighbours holds where an absolute time does not.
-Both sides run at the precision --precision resolves to on this machine (Keras through its
-matching mixed-precision policy). --xla compiles this tool's side with XLA, --keras-xla the
-Keras side (whose default, jit_compile='auto', compiles only on GPUs).
+Steps 2 to 4 run once for each precision: fp32 always, and the mixed precision that training's
+`--precision auto` picks where the machine runs it natively (bf16 on CPUs with AMX or
+AVX512-BF16, fp16 on recent GPUs), each with a table of its own; Keras runs the same precision
+through its matching mixed-precision policy. --precision X runs X alone. --xla compiles this
+tool's side with XLA, --keras-xla the Keras side (whose default, jit_compile='auto', compiles
+only on GPUs).
 """
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -70,7 +73,9 @@ def parse_args(argv=None):
     p.add_argument('--skip', default='', help='comma-separated parts not to run: '
                                               'pipeline,train,inference,matmul')
     p.add_argument('--json', action='store_true', help='print one JSON object, no table')
-    hardware.add_flags(p)
+    p.add_argument('--precision', choices=('all',) + hardware.PRECISIONS, default='all',
+                   help='all: fp32 and the mixed precision that training picks on this machine')
+    p.add_argument('--xla', action='store_true', help="compile this tool's side with XLA")
     p.add_argument('--keras-xla', action='store_true',
                    help="compile the Keras side with XLA (jit_compile=True); Keras' own default "
                         'compiles only on GPUs')
@@ -287,58 +292,71 @@ def train_gflop_per_image(image_size):
 
 # ---------------------------------------------------------------------------------------------
 
+def precisions(requested):
+    """The precisions to measure: fp32 and the one training's `auto` picks here, or the one
+    asked for (refused where the machine cannot run it)."""
+    if requested != 'all':
+        return [hardware.resolve_precision(requested)]
+    return sorted({'fp32', hardware.resolve_precision('auto')}, key=hardware.PRECISIONS.index)
+
+
 def run(args):
-    """Every measurement as one dict: what the --json output prints."""
-    precision = hardware.resolve_precision(args.precision)
+    """Every measurement as one dict: what the --json output prints. The figures that depend on
+    the precision are under 'precisions', one dict each."""
     skip = set(train.scopes(args.skip))
     result = {'machine': '%s, %d cores, %s' % (platform.processor() or platform.machine(),
                                                os.cpu_count(),
                                                hardware.cpu_info('model name') or 'unknown CPU'),
+              'cpu_bf16': sorted(set(hardware.CPU_BF16_FLAGS) & hardware.cpu_flags()),
               'date': time.strftime('%Y-%m-%d'), 'tensorflow': tf2.__version__,
-              'precision': precision, 'xla': args.xla, 'keras_xla': args.keras_xla,
-              'batch_size': args.batch_size,
-              'image_size': args.image_size, 'pairs': args.pairs}
+              'xla': args.xla, 'keras_xla': args.keras_xla, 'batch_size': args.batch_size,
+              'image_size': args.image_size, 'pairs': args.pairs, 'precisions': {}}
     with tempfile.TemporaryDirectory(prefix='bench-') as directory:
         if 'pipeline' not in skip:
             with tf.Graph().as_default():
                 result['pipeline'] = bench_pipeline(args, directory)
             result['pipeline_speedup'] = result['pipeline']['ratio']
-        if not {'train', 'inference'} <= skip:
-            for name, measured in bench_model(args, directory, precision, skip).items():
-                result[name], result[name + '_speedup'] = measured, measured['ratio']
-    if 'matmul' not in skip:
-        result['matmul_gflops'] = {name: matmul_gflops(DTYPES[name])
-                                   for name in sorted({'fp32', 'bf16', precision})}
-        if 'train' in result:
-            achieved = result['train']['a'] * train_gflop_per_image(args.image_size)
-            result['train_gflops'] = achieved
-            result['train_share_of_ceiling'] = achieved / result['matmul_gflops'][precision]
+        for precision in precisions(args.precision):
+            figures = result['precisions'][precision] = {}
+            if not {'train', 'inference'} <= skip:
+                for name, measured in bench_model(args, directory, precision, skip).items():
+                    figures[name], figures[name + '_speedup'] = measured, measured['ratio']
+            if 'matmul' not in skip:
+                figures['matmul_gflops'] = matmul_gflops(DTYPES[precision])
+                if 'train' in figures:
+                    achieved = figures['train']['a'] * train_gflop_per_image(args.image_size)
+                    figures['train_gflops'] = achieved
+                    figures['train_share_of_ceiling'] = achieved / figures['matmul_gflops']
     return result
 
 
 def table(result):
-    """The measurements as a Markdown table, as the README shows them."""
-    lines = ['%s; TensorFlow %s; %s; precision %s; XLA: %s; batch %d, %d px; median of %d '
-             'pairs' % (result['machine'], result['tensorflow'], result['date'],
-                        result['precision'], {(False, False): 'no', (True, False): 'this tool',
-                                              (False, True): 'Keras', (True, True): 'both'}[
-                                                  result['xla'], result['keras_xla']],
-                        result['batch_size'], result['image_size'], result['pairs']), '',
-             '| images/s | this tool | baseline | speedup (min-max) |', '|---|---|---|---|']
-    for name, baseline in (('pipeline', 'naive tf.data'), ('train', 'Keras 3'),
-                           ('inference', 'Keras 3')):
-        if name in result:
-            r = result[name]
-            lines.append('| %s (baseline: %s) | %.3g | %.3g | %.2fx (%.2f-%.2f) |' % (
-                name, baseline, r['a'], r['b'], r['ratio'], r['ratio_min'], r['ratio_max']))
-    if 'matmul_gflops' in result:
-        lines.append('')
-        lines.append('matmul ceiling: ' + ', '.join(
-            '%s %.0f GFLOP/s' % item for item in sorted(result['matmul_gflops'].items())))
-        if 'train_gflops' in result:
-            lines.append('training step: %.0f GFLOP/s achieved, %.0f%% of the %s ceiling' % (
-                result['train_gflops'], 100 * result['train_share_of_ceiling'],
-                result['precision']))
+    """The measurements as Markdown, as the README shows them: a table per precision."""
+    lines = ['%s (%s); TensorFlow %s; %s; XLA: %s; batch %d, %d px; median of %d pairs' % (
+        result['machine'], ', '.join(result['cpu_bf16']) or 'no native bfloat16',
+        result['tensorflow'], result['date'], {(False, False): 'no', (True, False): 'this tool',
+                                               (False, True): 'Keras', (True, True): 'both'}[
+                                                   result['xla'], result['keras_xla']],
+        result['batch_size'], result['image_size'], result['pairs'])]
+    rows = [('pipeline', 'naive tf.data', result)] if 'pipeline' in result else []
+    for precision, figures in result['precisions'].items():
+        lines += ['', '| %s, images/s | this tool | baseline | speedup (min-max) |' % precision,
+                  '|---|---|---|---|']
+        keras = 'Keras 3 %s' % KERAS_POLICY[precision]
+        for name, baseline, source in rows + [('train', keras, figures),
+                                              ('inference', keras, figures)]:
+            if name in source:
+                r = source[name]
+                lines.append('| %s (baseline: %s) | %.3g | %.3g | %.2fx (%.2f-%.2f) |' % (
+                    name, baseline, r['a'], r['b'], r['ratio'], r['ratio_min'],
+                    r['ratio_max']))
+        rows = []  # the pipeline does not depend on the precision: in the first table only
+        if 'matmul_gflops' in figures:
+            lines.append('')
+            lines.append('matmul ceiling %.0f GFLOP/s' % figures['matmul_gflops'] + (
+                '; training step %.0f GFLOP/s, %.0f%% of it' % (
+                    figures['train_gflops'], 100 * figures['train_share_of_ceiling'])
+                if 'train_gflops' in figures else ''))
     return '\n'.join(lines)
 
 

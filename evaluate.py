@@ -25,6 +25,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import tf_slim as slim  # noqa: E402
 
 import data  # noqa: E402
+import hardware  # noqa: E402
 import model  # noqa: E402
 
 log = logging.getLogger('evaluate')
@@ -313,6 +314,7 @@ def parse_args(argv=None):
                    help='print the whole report as one JSON object instead of text')
     p.add_argument('--curves', action='store_true',
                    help='only draw <checkpoint-dir>/curves.png from the training event files')
+    hardware.add_flags(p)
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.show < 0:
         p.error('--batch-size must be at least 1 and --show at least 0')
@@ -337,17 +339,19 @@ def evaluate(args):
     split = getattr(dataset, args.split)
     if not split.paths:
         raise data.DatasetError('the %s split of %s is empty' % (args.split, root))
+    precision = hardware.resolve_precision(args.precision, training=False)
     with tf.Graph().as_default():
         initializer, fetches = build(split, settings, args.batch_size)
         saver = tf.train.Saver(slim.get_model_variables())
-        with tf.Session() as session:
+        with tf.Session(config=hardware.session_config(precision, args.xla)) as session:
             model.restore(saver, session, checkpoint)
             log.info('evaluating %s on %d %s images of %s', checkpoint, len(split.paths),
                      args.split, root)
             predictions = predict(session, initializer, fetches, len(split.paths))
     result = report(predictions, settings['class_ids'], settings['class_names'])
     step = _step(checkpoint)
-    result.update(checkpoint=checkpoint, step=step, split=args.split, dataset=root)
+    result.update(checkpoint=checkpoint, step=step, split=args.split, dataset=root,
+                  precision=precision)
     output = args.output_dir or os.path.join(args.checkpoint_dir, 'eval', args.split)
     write_outputs(result, output, step)
     log.info('wrote confusion_matrix.csv/.png, misclassified.csv, report.json and a TensorBoard '
@@ -377,7 +381,7 @@ def main(argv=None):
             print(path)
             return 0
         result = evaluate(args)
-    except (data.DatasetError, model.SettingsError) as e:
+    except (data.DatasetError, model.SettingsError, hardware.HardwareError) as e:
         print('evaluate.py: error: %s' % e, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

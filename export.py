@@ -13,7 +13,9 @@ Two signatures, with the same outputs:
   outputs  probabilities [batch, classes], scores [batch, k] (the top k probabilities),
            classes [batch, k] (their class indices), class_ids and labels [batch, k] (strings)
 
-The settings record travels too, in OUT_DIR/assets.extra/settings.json.
+The settings record travels too, in OUT_DIR/assets.extra/settings.json. The graph is float32,
+as inference.py and evaluate.py predict by default (see hardware.py): the same probabilities on
+every machine, unless the server that loads it turns on a mixed-precision rewrite itself.
 """
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
@@ -27,6 +29,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import tf_slim as slim  # noqa: E402
 
 import data  # noqa: E402
+import hardware  # noqa: E402
 import model  # noqa: E402
 
 BYTES_SIGNATURE = 'serving_default'
@@ -92,7 +95,7 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
         with tf.Graph().as_default() as graph:
             signatures = build_signatures(settings, top_k)
             saver = tf.train.Saver(slim.get_model_variables())
-            with tf.Session(graph=graph) as session:
+            with tf.Session(graph=graph, config=hardware.session_config()) as session:
                 model.restore(saver, session, checkpoint)
                 builder = tf.saved_model.Builder(staging)
                 builder.add_meta_graph_and_variables(
@@ -149,7 +152,8 @@ def main(argv=None):
         print('export.py: error: cannot write %s: %s' % (args.out_dir, model.error_line(e)),
               file=sys.stderr)
         return 2
-    print('exported %s to %s' % (checkpoint, args.out_dir))
+    print('exported %s to %s (float32, as inference.py predicts by default)'
+          % (checkpoint, args.out_dir))
     return 0
 
 

@@ -1,12 +1,17 @@
 """What this machine has, and how a session uses it: precision, XLA, threads.
 
-`--precision auto` picks, from what is found:
-- fp16 (mixed float16 with dynamic loss scaling) on GPUs of compute capability 7.0 and later,
-  where tensor cores run it several times faster than float32;
-- bf16 (oneDNN's bfloat16 graph rewrite) on CPUs with native bfloat16 (AMX or AVX512-BF16);
-  bfloat16 keeps float32's range, so it needs no loss scaling;
-- fp32 everywhere else: without the hardware, TensorFlow's rewrites leave the graph float32.
-The variables, and so the checkpoints, stay float32 in every mode.
+The precision policy, one rule for every command (`--precision auto`, the default):
+- Predicting (evaluate.py, inference.py, the SavedModel of export.py) runs float32 on every
+  machine, so the same image gets the same probabilities wherever it lands; bf16 or fp16 only
+  when asked for.
+- Training picks the fastest precision the machine runs natively:
+  fp16 (mixed float16 with dynamic loss scaling) on GPUs of compute capability 7.0 and later,
+  where tensor cores run it several times faster than float32; bf16 (oneDNN's bfloat16 graph
+  rewrite) on CPUs with native bfloat16 (AMX or AVX512-BF16), which keeps float32's range and so
+  needs no loss scaling; fp32 everywhere else, and in a cluster, whose distributed runtime does
+  not run oneDNN's bfloat16 kernels (a worker fails at its first step).
+A precision the machine cannot run is refused in one line: TensorFlow would quietly run float32
+under its name. The variables, and so the checkpoints, stay float32 in every mode.
 """
 import logging
 import os
@@ -36,8 +41,9 @@ class HardwareError(ValueError):
 def add_flags(parser):
     """--precision and --xla, for every program that runs the network."""
     parser.add_argument('--precision', choices=PRECISIONS, default='auto',
-                        help='fp32, bf16 (mixed, CPUs with AMX/AVX512-BF16), fp16 (mixed, with '
-                             'loss scaling, GPUs); auto picks the fastest safe one found')
+                        help='auto: training takes bf16 on CPUs with AMX/AVX512-BF16 and fp16 on '
+                             'GPUs (fp32 elsewhere and in a cluster), predictions are fp32 on '
+                             'every machine; bf16 and fp16 are mixed precisions')
     parser.add_argument('--xla', action='store_true',
                         help='compile the graph with XLA (measure: it helps some machines)')
 
@@ -77,10 +83,10 @@ def gpu_capabilities():
     return found
 
 
-def choose_precision(requested, gpus, flags):
-    """(precision, reason): `requested` made concrete for GPUs of capabilities `gpus` and CPU
-    feature `flags`. A choice the machine cannot run is a HardwareError: TensorFlow would
-    quietly run it in float32 instead."""
+def choose_precision(requested, gpus, flags, training=True, cluster=False):
+    """(precision, reason): `requested` made concrete for a job (`training`, else predicting)
+    on GPUs of capabilities `gpus` and CPU feature `flags`, in a `cluster` or not. A choice the
+    machine cannot run is a HardwareError: TensorFlow would quietly run it in float32."""
     cpu_bf16 = sorted(set(CPU_BF16_FLAGS) & set(flags))
     if requested == 'fp16' and not gpus:
         raise HardwareError('--precision fp16 needs a GPU and none is visible: use --precision '
@@ -91,22 +97,34 @@ def choose_precision(requested, gpus, flags):
                                                     'a GPU run does not use' if gpus else
                                                     'this CPU lacks', ' or fp16' if gpus else
                                                     ' or fp32'))
+    if requested == 'bf16' and cluster:
+        raise HardwareError('--precision bf16 does not run in a cluster (TensorFlow\'s '
+                            'distributed runtime has no oneDNN bfloat16 kernels): use '
+                            '--precision auto or fp32')
     if requested != 'auto':
         return requested, 'as asked'
+    if not training:
+        return 'fp32', ('predictions are float32 on every machine, so they do not change with '
+                        'the machine; --precision %s is faster here' % (
+                            'fp16' if gpus else 'bf16') if gpus or cpu_bf16 else
+                        'predictions are float32 on every machine')
     if gpus and min(gpus) >= FP16_MIN_CAPABILITY:
         return 'fp16', 'GPU compute capability %d.%d has tensor cores' % min(gpus)
     if gpus:
         return 'fp32', 'GPU compute capability %d.%d is below 7.0' % min(gpus)
+    if cpu_bf16 and cluster:
+        return 'fp32', ('the CPU runs bfloat16 natively (%s), but not in a cluster: TensorFlow\'s '
+                        'distributed runtime has no oneDNN bfloat16 kernels' % ', '.join(cpu_bf16))
     if cpu_bf16:
         return 'bf16', 'the CPU runs bfloat16 natively (%s)' % ', '.join(cpu_bf16)
     return 'fp32', 'no GPU, and the CPU has no native bfloat16 (%s)' % ', '.join(CPU_BF16_FLAGS)
 
 
-def resolve_precision(requested, gpus=None):
+def resolve_precision(requested, gpus=None, training=True, cluster=False):
     """choose_precision for this machine (its `gpus`, found when not given), logged with its
     reason."""
     gpus = gpu_capabilities() if gpus is None else gpus
-    precision, reason = choose_precision(requested, gpus, cpu_flags())
+    precision, reason = choose_precision(requested, gpus, cpu_flags(), training, cluster)
     log.info('precision %s: %s', precision, reason)
     return precision
 

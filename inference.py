@@ -139,9 +139,10 @@ class Predictor:
 class SavedModelPredictor:
     """A SavedModel from export.py, used like a Predictor: its preprocessing is in its graph."""
 
-    def __init__(self, saved_model_dir):
+    def __init__(self, saved_model_dir, precision='fp32', xla=False):
         self.settings = export.load_settings(saved_model_dir)
-        self._session = tf.Session(graph=tf.Graph())
+        self._session = tf.Session(graph=tf.Graph(),
+                                   config=hardware.session_config(precision, xla))
         try:
             with self._session.graph.as_default():
                 meta_graph = tf.saved_model.loader.load(
@@ -216,6 +217,8 @@ def predict(predictor, paths, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    # One line on stderr says which precision runs and why; the predictions go to stdout.
+    logging.basicConfig(format='inference.py: %(message)s', level=logging.INFO)
     tf.get_logger().setLevel(logging.ERROR)
     tf.disable_eager_execution()
     paths = expand(args.images)
@@ -223,9 +226,10 @@ def main(argv=None):
         print('inference.py: error: no images in %s' % ' '.join(args.images), file=sys.stderr)
         return 2
     try:
-        predictor = (SavedModelPredictor(args.saved_model) if args.saved_model else
-                     Predictor(args.checkpoint_dir, args.checkpoint,
-                               hardware.resolve_precision(args.precision), args.xla))
+        precision = hardware.resolve_precision(args.precision, training=False)
+        predictor = (SavedModelPredictor(args.saved_model, precision, args.xla)
+                     if args.saved_model else
+                     Predictor(args.checkpoint_dir, args.checkpoint, precision, args.xla))
     except (model.SettingsError, hardware.HardwareError) as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2

@@ -474,7 +474,7 @@ def _train(args, extra_hooks):
     chief = parallel.is_chief(args.task)
     gpus = hardware.gpu_capabilities()
     devices = parallel.tower_devices(args.num_gpus, args.devices, args.batch_size, len(gpus))
-    precision = hardware.resolve_precision(args.precision, gpus)
+    precision = hardware.resolve_precision(args.precision, gpus, cluster=args.task is not None)
     config = parallel.session_config(args.task, devices,
                                      hardware.session_config(precision, args.xla))
     server = parallel.start_server(args.task, config) if args.task else None

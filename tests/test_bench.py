@@ -34,10 +34,24 @@ def test_bench_runs_every_part_and_prints_the_speedups(tmp_path):
         env=dict(os.environ, TMPDIR=str(tmp_path)))
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    for name in ('pipeline', 'train', 'inference'):
-        assert result[name + '_speedup'] > 0 and result[name]['a'] > 0 and result[name]['b'] > 0
-    assert result['matmul_gflops']['fp32'] > 0 and result['train_gflops'] > 0
+    assert result['pipeline_speedup'] > 0
+    # A table per precision the machine trains in: fp32, and bf16 where the CPU has it.
+    assert list(result['precisions']) == bench.precisions('all')
+    for figures in result['precisions'].values():
+        for name in ('train', 'inference'):
+            assert figures[name + '_speedup'] > 0 and figures[name]['a'] > 0
+        assert figures['matmul_gflops'] > 0 and 0 < figures['train_share_of_ceiling']
     assert os.listdir(str(tmp_path)) == []  # its JPEGs and checkpoint removed
+
+
+@pytest.mark.parametrize('flags, expected', [
+    ({'avx2'}, ['fp32']), ({'avx2', 'avx512_bf16'}, ['fp32', 'bf16']),
+    ({'amx_bf16', 'avx512_bf16'}, ['fp32', 'bf16'])])
+def test_every_precision_training_runs_here_gets_its_table(monkeypatch, flags, expected):
+    monkeypatch.setattr(bench.hardware, 'cpu_flags', lambda cpuinfo=None: flags)
+    monkeypatch.setattr(bench.hardware, 'gpu_capabilities', lambda: [])
+    assert bench.precisions('all') == expected
+    assert bench.precisions('fp32') == ['fp32']
 
 
 @pytest.mark.parametrize('flags, message', [

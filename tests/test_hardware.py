@@ -1,4 +1,6 @@
 """hardware.py: which precision for which machine, and the session it makes."""
+import re
+
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
@@ -7,67 +9,94 @@ from tensorflow.core.protobuf import rewriter_config_pb2
 import hardware
 
 ON = rewriter_config_pb2.RewriterConfig.ON
-AMX = {'fma', 'avx2', 'avx512f', 'amx_tile', 'amx_bf16', 'avx512_bf16'}
+# The flags of each kind of CPU this project lands on, as /proc/cpuinfo lists them.
+AMX = {'fma', 'avx2', 'avx512f', 'amx_tile', 'amx_bf16', 'avx512_bf16'}  # Sapphire Rapids
+ZEN4 = {'fma', 'avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni'}  # AVX-512 with bfloat16, no AMX
 AVX2 = {'fma', 'avx', 'avx2'}
+NATIVE_BF16 = bool(set(hardware.CPU_BF16_FLAGS) & hardware.cpu_flags())
 
 
 @pytest.mark.parametrize('gpus, flags, expected', [
     ([(8, 0)], AVX2, 'fp16'),        # tensor cores
     ([(9, 0), (7, 0)], AMX, 'fp16'),  # a GPU wins over the CPU
     ([(6, 1)], AMX, 'fp32'),         # no tensor cores: fp16 would not pay
-    ([], AMX, 'bf16'),               # Sapphire Rapids and later
-    ([], {'avx512_bf16'}, 'bf16'),
+    ([], AMX, 'bf16'),
+    ([], ZEN4, 'bf16'),
     ([], AVX2, 'fp32'),              # no native bfloat16: emulated, slower
     ([], set(), 'fp32'),
 ])
-def test_auto_picks_the_fastest_safe_precision_found(gpus, flags, expected):
+def test_auto_trains_in_the_fastest_precision_the_machine_runs(gpus, flags, expected):
     precision, reason = hardware.choose_precision('auto', gpus, flags)
     assert precision == expected and reason
+
+
+@pytest.mark.parametrize('gpus, flags', [([(8, 0)], AVX2), ([], AMX), ([], ZEN4), ([], AVX2),
+                                         ([(6, 1)], set())])
+def test_auto_predicts_in_fp32_on_every_machine(gpus, flags):
+    # The same image must get the same answer on whichever server it lands on.
+    precision, reason = hardware.choose_precision('auto', gpus, flags, training=False)
+    assert precision == 'fp32' and 'every machine' in reason
+
+
+@pytest.mark.parametrize('flags', [AMX, ZEN4, AVX2])
+def test_auto_trains_in_fp32_in_a_cluster_on_every_cpu(flags):
+    # oneDNN's bfloat16 kernels are not in the distributed runtime: a worker dies at step one.
+    assert hardware.choose_precision('auto', [], flags, cluster=True)[0] == 'fp32'
 
 
 def test_an_explicit_precision_stands_where_the_machine_runs_it():
     assert hardware.choose_precision('fp32', [(8, 0)], AMX) == ('fp32', 'as asked')
     assert hardware.choose_precision('bf16', [], AMX) == ('bf16', 'as asked')
+    assert hardware.choose_precision('bf16', [], ZEN4, training=False) == ('bf16', 'as asked')
     assert hardware.choose_precision('fp16', [(6, 1)], set()) == ('fp16', 'as asked')
 
 
-@pytest.mark.parametrize('requested, gpus, flags, message', [
-    ('fp16', [], AMX, '--precision fp16 needs a GPU and none is visible: use --precision auto'),
+@pytest.mark.parametrize('requested, gpus, flags, cluster, message', [
+    ('fp16', [], AMX, False,
+     '--precision fp16 needs a GPU and none is visible: use --precision auto'),
     # TensorFlow would leave the graph float32 (checked below): say so rather than pretend.
-    ('bf16', [], AVX2, 'this CPU lacks: use --precision auto or fp32'),
-    ('bf16', [(8, 0)], AMX, 'a GPU run does not use: use --precision auto or fp16'),
+    ('bf16', [], AVX2, False, 'this CPU lacks: use --precision auto or fp32'),
+    ('bf16', [(8, 0)], AMX, False, 'a GPU run does not use: use --precision auto or fp16'),
+    ('bf16', [], ZEN4, True, 'does not run in a cluster .*: use --precision auto or fp32'),
 ])
-def test_a_precision_the_machine_cannot_run_is_refused(requested, gpus, flags, message):
+def test_a_precision_the_machine_cannot_run_is_refused(requested, gpus, flags, cluster,
+                                                       message):
     with pytest.raises(hardware.HardwareError, match=message):
-        hardware.choose_precision(requested, gpus, flags)
+        hardware.choose_precision(requested, gpus, flags, cluster=cluster)
 
 
 def _ops(config):
-    """{op: dtype} of a convolution and its gradient, as the session ran them."""
+    """{(op, dtype)} of the convolutions of a training step (forward, and the gradients of its
+    input and weights), as the session ran them. oneDNN renames them (_MklNativeFusedConv2D,
+    _MklNativeConv2DBackpropFilter, ...). The gradients feed an update, as in training: a
+    gradient fetched as it is would stay float32."""
     x = tf.placeholder(tf.float32, [2, 8, 8, 3])
-    w = tf.Variable(tf.ones([3, 3, 3, 4]))
-    y = tf.reduce_sum(tf.nn.relu(tf.nn.conv2d(x, w, 1, 'SAME')))
+    w1, w2 = tf.Variable(tf.ones([3, 3, 3, 4])), tf.Variable(tf.ones([3, 3, 4, 4]))
+    y = tf.nn.relu(tf.nn.conv2d(tf.nn.relu(tf.nn.conv2d(x, w1, 1, 'SAME')), w2, 1, 'SAME'))
+    step = tf.train.GradientDescentOptimizer(0.1).minimize(tf.reduce_sum(y))
     metadata = tf.RunMetadata()
     with tf.Session(config=config) as session:
-        session.run(w.initializer)
-        session.run([y, tf.gradients(y, w)[0]], {x: np.ones([2, 8, 8, 3])}, run_metadata=metadata,
+        session.run(tf.global_variables_initializer())
+        session.run(step, {x: np.ones([2, 8, 8, 3])}, run_metadata=metadata,
                     options=tf.RunOptions(output_partition_graphs=True))
-    return {node.op: tf.as_dtype(node.attr['T'].type).name
-            for graph in metadata.partition_graphs for node in graph.node
-            if node.op.startswith('Conv2D')}
+    ops = {(node.op, tf.as_dtype(node.attr['T'].type).name)
+           for graph in metadata.partition_graphs for node in graph.node
+           if 'Conv2D' in node.op}
+    names = {re.sub('^_|Mkl|Native|Fused', '', op) for op, _ in ops}
+    assert names == {'Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'}, ops
+    return ops
 
 
-@pytest.mark.skipif(hardware.CPU_BF16_FLAGS[0] not in hardware.cpu_flags()
-                    and hardware.CPU_BF16_FLAGS[1] not in hardware.cpu_flags(),
-                    reason='needs a CPU with native bfloat16')
+@pytest.mark.skipif(not NATIVE_BF16, reason='needs a CPU with native bfloat16 (amx_bf16 or '
+                                            'avx512_bf16); the decision is tested above by flags')
 def test_bf16_runs_the_convolutions_in_bfloat16_on_a_cpu_that_has_it():
-    assert set(_ops(hardware.session_config('bf16')).values()) == {'bfloat16'}
+    assert {dtype for _, dtype in _ops(hardware.session_config('bf16'))} == {'bfloat16'}
 
 
 def test_fp32_runs_float32_and_the_bf16_rewrite_does_nothing_without_the_hardware():
-    assert set(_ops(hardware.session_config('fp32')).values()) == {'float32'}
-    if not set(hardware.CPU_BF16_FLAGS) & hardware.cpu_flags():
-        assert set(_ops(hardware.session_config('bf16')).values()) == {'float32'}
+    assert {dtype for _, dtype in _ops(hardware.session_config('fp32'))} == {'float32'}
+    if not NATIVE_BF16:
+        assert {dtype for _, dtype in _ops(hardware.session_config('bf16'))} == {'float32'}
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import hardware
 import parallel
 import train
 from conftest import ROOT
@@ -236,13 +237,15 @@ class Cluster:
     """1 ps + 2 workers of tests/tiny_train.py on free loopback ports; every process in a
     process group of its own, all killed by close()."""
 
-    def __init__(self, tmp_path, dataset, step_secs=0.0):
+    def __init__(self, tmp_path, dataset, step_secs=0.0, cpu_flags=None):
         self.dir, self.processes = tmp_path, {}
         ps, w0, w1 = ('localhost:%d' % p for p in _free_ports(3))
         self.flags = ['--dataset', dataset, '--pretrained', 'none', '--image-size', '32',
                       '--batch-size', '4', '--validate-every', '0', '--log-every', '10',
                       '--epochs', '1000', '--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1]
         self.env = dict(os.environ, VGGTINY_STEP_SECS=str(step_secs))
+        if cpu_flags is not None:
+            self.env['VGGTINY_CPU_FLAGS'] = ' '.join(sorted(cpu_flags))
         self.env.pop('TF_CONFIG', None)
         self.chief_dir, self.worker_dir = str(tmp_path / 'chief'), str(tmp_path / 'worker1')
 
@@ -317,8 +320,8 @@ class Cluster:
 def cluster(tmp_path, photo_dataset):
     clusters = []
 
-    def make(step_secs=0.0):
-        clusters.append(Cluster(tmp_path, photo_dataset, step_secs))
+    def make(step_secs=0.0, cpu_flags=None):
+        clusters.append(Cluster(tmp_path, photo_dataset, step_secs, cpu_flags))
         return clusters[-1]
     yield make
     for c in clusters:
@@ -391,3 +394,26 @@ def test_synchronous_training_ends_for_all_when_one_worker_ends(cluster, chief_s
         assert 'another worker has ended: synchronous training stops here' in c.log('w0')
     assert min(c.steps_ran('w0') + c.steps_ran('w1')) > 0
     assert 'Traceback' not in c.log('w0') + c.log('w1')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('cpu', ['avx512_bf16', 'amx_bf16'])
+def test_a_cluster_on_bfloat16_cpus_trains_to_its_end_with_the_default_precision(cluster, cpu):
+    # On such CPUs a one-machine run trains in bf16; oneDNN's bfloat16 kernels are not in the
+    # distributed runtime, where every worker died at its first step: the cluster takes fp32.
+    c = cluster(cpu_flags={'fma', 'avx2', 'avx512f', cpu})
+    c.start_all('--max-steps', '20')
+    assert c.wait('w0', 300) == 0 and c.wait('w1', 300) == 0, c.logs()
+    for name in ('w0', 'w1'):
+        assert 'precision fp32: the CPU runs bfloat16 natively (%s), but not in a cluster' % cpu \
+            in c.log(name)
+    assert c.last_checkpoint_step() == 20
+
+
+def test_bf16_in_a_cluster_is_a_one_line_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(hardware, 'cpu_flags', lambda cpuinfo=None: {'avx2', 'avx512_bf16'})
+    ps, worker = ('localhost:%d' % p for p in _free_ports(2))
+    assert train.main(['--ps-hosts', ps, '--worker-hosts', worker, '--job-name', 'worker',
+                       '--precision', 'bf16', '--dataset', '.', '--pretrained', 'none']) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith('train.py: error: --precision bf16 does not run in a cluster')

@@ -4,6 +4,8 @@ the real one would send ~560 MB of weights to every worker at every step.
     python tests/tiny_train.py [train.py flags]
 
 VGGTINY_STEP_SECS=s makes each step last at least s seconds, so that a test can act mid-run.
+VGGTINY_CPU_FLAGS="avx2 avx512_bf16" makes the precision policy see those CPU flags instead of
+this machine's, so that a test covers each kind of CPU on any of them.
 """
 import os
 import sys
@@ -14,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow.compat.v1 as tf  # noqa: E402
 import tf_slim as slim  # noqa: E402
 
+import hardware  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 
@@ -40,6 +43,8 @@ class StepTime(tf.train.SessionRunHook):
 
 if __name__ == '__main__':
     model.vgg_19 = tiny_vgg_19
+    if 'VGGTINY_CPU_FLAGS' in os.environ:
+        hardware.cpu_flags = lambda cpuinfo=None: set(os.environ['VGGTINY_CPU_FLAGS'].split())
     step_secs = float(os.environ.get('VGGTINY_STEP_SECS', 0))
     real_train = train.train
     train.train = lambda args, extra_hooks=(): real_train(
