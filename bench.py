@@ -27,8 +27,10 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import multiprocessing  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -240,35 +242,78 @@ def keras_vgg19(args, precision):
     return net
 
 
-def bench_model(args, directory, precision, skip):
-    """{'train': paired, 'inference': paired} of this tool against Keras, on one batch."""
+def fixed_batch(args):
+    """The batch both sides train and predict on, the same in every process."""
     rng = np.random.default_rng(0)
     images = (rng.uniform(0, 255, [args.batch_size, args.image_size, args.image_size, 3])
               - data.MEANS).astype(np.float32)
-    labels = rng.integers(0, args.classes, args.batch_size).astype(np.int32)
-    ours, keras_net = SlimTrainer(args, images, labels, precision), keras_vgg19(args, precision)
-    result, n = {}, args.batch_size
-    if 'train' not in skip:
-        def ours_train():
-            for _ in range(args.steps):
-                ours.step()
+    return images, rng.integers(0, args.classes, args.batch_size).astype(np.int32)
 
-        def keras_train():
-            for _ in range(args.steps):
-                keras_net.train_on_batch(images, labels)
-        result['train'] = paired(lambda: images_per_second(ours_train, n * args.steps),
-                                 lambda: images_per_second(keras_train, n * args.steps),
-                                 args.pairs)
-    if 'inference' not in skip:
-        ours.save(directory)
-        ours.session.close()  # its memory, before the Predictor loads the weights again
-        predictor = inference.Predictor(directory, precision=precision, xla=args.xla)
-        inputs = list(images)
-        result['inference'] = paired(
-            lambda: images_per_second(lambda: predictor.probabilities(inputs), n),
-            lambda: images_per_second(lambda: keras_net.predict_on_batch(images), n),
-            args.pairs)
-    return result
+
+def serve_side(connection, side, args, precision, directory):
+    """A side of the comparison in a process of its own: answers each 'train' or 'inference'
+    sent through `connection` with that side's images/s on the fixed batch.
+
+    Each side has its own process because Keras needs TensorFlow's eager runtime, whose thread
+    pools slow a graph session sharing the process (measured: the demo's steps 40% slower).
+    """
+    logging.basicConfig(level=logging.WARNING)
+    tf.get_logger().setLevel(logging.ERROR)
+    images, labels = fixed_batch(args)
+    n, steps = args.batch_size, args.steps
+    if side == 'ours':
+        tf.disable_eager_execution()
+        trainer, predictor = SlimTrainer(args, images, labels, precision), None
+    else:
+        net = keras_vgg19(args, precision)
+    for task in iter(connection.recv, None):
+        if side == 'ours' and task == 'train':
+            rate = images_per_second(lambda: [trainer.step() for _ in range(steps)], n * steps)
+        elif side == 'ours':
+            if predictor is None:
+                trainer.save(directory)
+                trainer.session.close()  # its memory, before the Predictor loads the weights
+                predictor = inference.Predictor(directory, precision=precision, xla=args.xla)
+            rate = images_per_second(lambda: predictor.probabilities(list(images)), n)
+        elif task == 'train':
+            rate = images_per_second(
+                lambda: [net.train_on_batch(images, labels) for _ in range(steps)], n * steps)
+        else:
+            rate = images_per_second(lambda: net.predict_on_batch(images), n)
+        connection.send(rate)
+
+
+def bench_model(args, directory, precision, skip):
+    """{'train': paired, 'inference': paired} of this tool against Keras, on one batch, each
+    side in a process of its own, the two alternating."""
+    context = multiprocessing.get_context('spawn')  # a fresh TensorFlow in each
+    sides = []
+    for side in ('ours', 'keras'):
+        here, there = context.Pipe()
+        process = context.Process(target=serve_side, args=(there, side, args, precision,
+                                                           directory), daemon=True)
+        process.start()
+        there.close()  # the child's end: a child that dies then reads as EOF here
+        sides.append((here, process))
+
+    def ask(index, task):
+        def run():
+            connection = sides[index][0]
+            try:
+                connection.send(task)
+                return connection.recv()
+            except (EOFError, BrokenPipeError):
+                raise RuntimeError('the %s side of the benchmark died (out of memory?)'
+                                   % ('Keras' if index else "this tool's"))
+        return run
+    try:
+        return {task: paired(ask(0, task), ask(1, task), args.pairs)
+                for task in ('train', 'inference') if task not in skip}
+    finally:
+        for connection, process in sides:
+            with contextlib.suppress(BrokenPipeError):  # a side that died is gone already
+                connection.send(None)
+            process.join(60)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +412,7 @@ def main(argv=None):
     tf.get_logger().setLevel(logging.ERROR)
     try:
         result = run(args)
-    except hardware.HardwareError as e:
+    except (hardware.HardwareError, RuntimeError) as e:
         print('bench.py: error: %s' % e, file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1) if args.json else table(result))
