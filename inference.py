@@ -217,8 +217,9 @@ def predict(predictor, paths, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    # One line on stderr says which precision runs and why; the predictions go to stdout.
-    logging.basicConfig(format='inference.py: %(message)s', level=logging.INFO)
+    # Quiet when all is well: stdout has the predictions, stderr only what went wrong (the
+    # precision is float32 by default on every machine, not news worth a line per call).
+    logging.basicConfig(format='inference.py: %(message)s', level=logging.WARNING)
     tf.get_logger().setLevel(logging.ERROR)
     tf.disable_eager_execution()
     paths = expand(args.images)

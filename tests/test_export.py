@@ -155,14 +155,15 @@ def test_evaluate_inference_and_the_saved_model_agree_with_default_flags(tmp_pat
         result = subprocess.run([sys.executable, os.path.join(ROOT, program), '--json'] +
                                 list(args), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
-        assert 'precision fp32: predictions are float32 on every machine' in result.stderr
-        return result.stdout
-    report = json.loads(run('evaluate.py', '--checkpoint-dir', checkpoint_dir, '--dataset',
-                            photo_dataset, '--output-dir', str(tmp_path / 'eval')))
+        return result
+    evaluation = run('evaluate.py', '--checkpoint-dir', checkpoint_dir, '--dataset',
+                     photo_dataset, '--output-dir', str(tmp_path / 'eval'))
+    assert 'precision fp32: predictions are float32 on every machine' in evaluation.stderr
+    report = json.loads(evaluation.stdout)
     wrong = {w['image']: (w['predicted'], w['probability']) for w in report['misclassified']}
     assert len(wrong) >= 3, report['top1']  # the random model gets most of them wrong
     for source in (['--checkpoint-dir', checkpoint_dir], ['--saved-model', saved_model]):
-        lines = run('inference.py', *source, *sorted(wrong)).splitlines()
+        lines = run('inference.py', *source, *sorted(wrong)).stdout.splitlines()
         for answer in map(json.loads, lines):
             best = answer['predictions'][0]
             assert best['class'] == wrong[answer['image']][0]

@@ -407,7 +407,7 @@ def test_a_cluster_on_bfloat16_cpus_trains_to_its_end_with_the_default_precision
     for name in ('w0', 'w1'):
         assert 'precision fp32: the CPU runs bfloat16 natively (%s), but not in a cluster' % cpu \
             in c.log(name)
-    assert c.last_checkpoint_step() == 20
+    assert 20 <= c.last_checkpoint_step() <= 21  # a step in flight may land after the last
 
 
 def test_bf16_in_a_cluster_is_a_one_line_usage_error(monkeypatch, capsys):
