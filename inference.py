@@ -217,9 +217,8 @@ def predict(predictor, paths, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    # Quiet when all is well: stdout has the predictions, stderr only what went wrong (the
-    # precision is float32 by default on every machine, not news worth a line per call).
-    logging.basicConfig(format='inference.py: %(message)s', level=logging.WARNING)
+    # One line on stderr says which precision runs and why; the predictions go to stdout.
+    logging.basicConfig(format='inference.py: %(message)s', level=logging.INFO)
     tf.get_logger().setLevel(logging.ERROR)
     tf.disable_eager_execution()
     paths = expand(args.images)

@@ -10,6 +10,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import data
+import hardware
 import inference
 from conftest import ROOT, random_image
 
@@ -108,7 +109,11 @@ def test_text_output_exit_status_and_pixel_limit(tmp_path, checkpoint_dir):
     assert '%' in out.splitlines()[1]
     assert 'big.png: cannot read image: 3000x2000 pixels is over --max-pixels' in err
     rc, out, err = _cli('--checkpoint-dir', checkpoint_dir, good)
-    assert rc == 0 and err.count('inference.py') == 0
+    # A clean run says on stderr only which precision it ran, and why.
+    said = 'inference.py: precision %s: %s' % hardware.choose_precision(
+        'auto', [], hardware.cpu_flags(), training=False)
+    assert rc == 0 and [line for line in err.splitlines() if 'inference.py' in line] == [said]
+    assert said.startswith('inference.py: precision fp32: ')
     rc, out, err = _cli('--checkpoint-dir', checkpoint_dir, bad[0])
     assert rc == 1 and out == '' and 'empty.jpg' in err.strip().splitlines()[-1]
 
