@@ -150,7 +150,7 @@ def _fully_connected(net, num_outputs, kernel, padding, weight_decay, init, outp
 
 
 class CheckpointError(ValueError):
-    """A pretrained checkpoint that is missing, or does not fit the model."""
+    """A pretrained checkpoint that is missing, damaged, or does not fit the model."""
 
 
 def in_scopes(name, scopes):
@@ -159,46 +159,81 @@ def in_scopes(name, scopes):
 
 
 def checkpoint_file(path):
-    """The checkpoint prefix `path` names (a V1 file, a V2 prefix, or a directory), or None."""
+    """The checkpoint prefix `path` names (a V1 file, a V2 prefix, or a directory), or None.
+
+    A directory names its newest checkpoint, or, without a `checkpoint` state file (an unpacked
+    download has none), the one checkpoint it holds.
+    """
     if os.path.isdir(path):
-        return tf.train.latest_checkpoint(path)
+        latest = tf.train.latest_checkpoint(path)
+        if latest:
+            return latest
+        found = {name[:-len('.index')] if name.endswith('.index') else name
+                 for name in os.listdir(path) if name.endswith(('.index', '.ckpt'))}
+        return os.path.join(path, found.pop()) if len(found) == 1 else None
     if os.path.isfile(path) or os.path.isfile(path + '.index'):
         return path
     return None
 
 
-def pretrained_init_fn(checkpoint_path, exclude_scopes=(HEAD_SCOPE,)):
-    """A Scaffold init_fn that restores every model variable outside `exclude_scopes`.
+VGG19_URL = 'http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz'
 
-    Only model variables (weights and biases) are restored: never the global step or the
-    optimizer's slots, which a pretrained checkpoint does not have. Every variable is checked
-    against the checkpoint first, so a missing or mis-shaped one is named here, not deep
-    inside a restore op.
+# What to do about each kind of checkpoint_problem of a --pretrained checkpoint.
+PRETRAINED_FIXES = {
+    'archive': 'unpack it (tar xf %(path)s) and pass the vgg_19.ckpt inside as --pretrained',
+    'hdf5': 'convert Keras VGG19 weights with python model.py convert-keras %(path)s '
+            'data/vgg_19_keras.ckpt and pass that as --pretrained',
+    'damaged': 'the download was cut short or the file is damaged: download %s again and '
+               'unpack it' % VGG19_URL,
+    'missing': 'is it a TF-slim VGG19 checkpoint?',
+    'shape': 'add its scope to --exclude-scopes',
+    'dtype': 'is it a TF-slim VGG19 checkpoint?',
+}
+
+
+def vgg19_variables(num_classes, exclude_scopes=()):
+    """{name: shape} of VGG19's model variables outside `exclude_scopes`, in pure Python (the
+    same at every image size)."""
+    shapes = {}
+    for scope, kernel in vgg19_shapes(num_classes).items():
+        shapes[scope + '/weights'], shapes[scope + '/biases'] = list(kernel), [kernel[-1]]
+    return {name: shape for name, shape in shapes.items() if not in_scopes(name, exclude_scopes)}
+
+
+def check_pretrained(path, expected):
+    """The checkpoint prefix that `path` (train.py --pretrained) names, once it holds every
+    variable of `expected` ({name: shape}, from vgg19_variables) as floats and reads back whole
+    and finite; else CheckpointError saying what to do. Meant before any graph is built."""
+    prefix = checkpoint_file(path)
+    if prefix is None:
+        raise CheckpointError(
+            'pretrained checkpoint %s not found: download %s and unpack vgg_19.ckpt there, or '
+            'pass --pretrained none to train from scratch' % (path, VGG19_URL))
+    problem = checkpoint_problem(prefix, expected, any_float=True)
+    if problem:
+        kind, text = problem
+        raise CheckpointError('pretrained checkpoint %s %s; %s'
+                              % (prefix, text, PRETRAINED_FIXES[kind] % {'path': prefix}))
+    return prefix
+
+
+def pretrained_init_fn(checkpoint_path, expected):
+    """A Scaffold init_fn that restores the variables `expected` ({name: shape}, from
+    vgg19_variables) from the pretrained checkpoint `checkpoint_path`, checked here first.
+
+    Only model variables (weights and biases): never the global step or the optimizer's slots,
+    which a pretrained checkpoint does not have. Values stored as another float type (float64,
+    as a careless conversion writes) are restored as the model's float32.
     """
-    path = checkpoint_file(checkpoint_path)
-    if path is None:
-        raise CheckpointError('pretrained checkpoint %s not found' % checkpoint_path)
-    try:
-        reader = tf.train.load_checkpoint(path)
-    except (tf.errors.OpError, ValueError) as e:
-        raise CheckpointError('cannot read pretrained checkpoint %s: %s'
-                              % (path, str(e).splitlines()[0]))
-    shapes = reader.get_variable_to_shape_map()
-    variables = [v for v in slim.get_model_variables()
-                 if not in_scopes(v.op.name, exclude_scopes)]
-    for v in variables:
-        name, shape = v.op.name, v.shape.as_list()
-        if name not in shapes:
-            raise CheckpointError('%s has no variable %s; is it a TF-slim VGG19 checkpoint?'
-                                  % (path, name))
-        if shapes[name] != shape:
-            raise CheckpointError(
-                '%s in %s has shape %s, the model needs %s; add its scope to --exclude-scopes'
-                % (name, path, shapes[name], shape))
-    saver = tf.train.Saver(variables)
+    path = check_pretrained(checkpoint_path, expected)
 
     def init_fn(scaffold, session):
-        saver.restore(session, path)
+        reader = tf.train.load_checkpoint(path)
+        variables = {v.op.name: v for v in session.graph.get_collection(
+            tf.GraphKeys.MODEL_VARIABLES)}
+        for name in expected:
+            value = reader.get_tensor(name).astype(np.float32, copy=False)
+            variables[name].load(value, session)  # a feed: the graph is finalized by now
     return init_fn
 
 
@@ -313,7 +348,14 @@ def trained_model(checkpoint_dir, which='latest', preprocessing=None):
     if settings is None:
         raise SettingsError('%s holds no trained model (no settings.json): train one with '
                             'train.py --checkpoint-dir %s' % (checkpoint_dir, checkpoint_dir))
-    return settings, find_checkpoint(checkpoint_dir, which)
+    checkpoint = find_checkpoint(checkpoint_dir, which)
+    if which not in ('latest', 'best'):  # a path of the user's, checked before any graph
+        problem = checkpoint_problem(checkpoint, vgg19_variables(len(settings['class_ids'])))
+        if problem:
+            raise SettingsError('--checkpoint %s %s; pass a checkpoint that train.py wrote for '
+                                'the model in %s, or --checkpoint latest or best'
+                                % (checkpoint, problem[1], checkpoint_dir))
+    return settings, checkpoint
 
 
 def restore(saver, session, checkpoint):
@@ -331,18 +373,59 @@ def restore(saver, session, checkpoint):
 CHECKPOINT_PREFIX = 'model.ckpt'  # what train.py saves: model.ckpt-<step>.{index,data-*}
 
 
-def checkpoint_problem(prefix):
-    """Why checkpoint `prefix` cannot be resumed from (unreadable, truncated, a value that is
-    not finite), or None. Reads every value once: a truncated .data file shows only then."""
+def checkpoint_problem(prefix, expected=None, any_float=False):
+    """Why checkpoint `prefix` cannot be used, or None: (kind, what is wrong).
+
+    Kinds: 'archive' or 'hdf5' (the file is not a checkpoint but a download left packed, or
+    Keras weights), 'damaged' (unreadable, truncated, a value that is not finite), and for a
+    variable of `expected` ({name: shape}): 'missing', 'shape', or 'dtype' (not float32, or
+    with `any_float` not a float at all). Reads every value once: a truncated .data file shows
+    only then.
+    """
+    kind = file_kind(prefix)
+    if kind:
+        return kind, 'is %s, not a TensorFlow checkpoint' % FILE_KINDS[kind][1]
     try:
         reader = tf.train.load_checkpoint(prefix)
-        for name in sorted(reader.get_variable_to_shape_map()):
+        shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+        for name, shape in (expected or {}).items():
+            if name not in shapes:
+                return 'missing', 'has no variable %s' % name
+            if shapes[name] != list(shape):
+                return 'shape', 'holds %s with shape %s, the model needs %s' % (
+                    name, shapes[name], list(shape))
+            if not (dtypes[name].is_floating if any_float else dtypes[name] == tf.float32):
+                return 'dtype', 'holds %s as %s, the model needs float32' % (
+                    name, dtypes[name].name)
+        for name in sorted(shapes):
             value = np.asarray(reader.get_tensor(name))
             if value.dtype.kind == 'f' and not np.isfinite(value).all():
-                return '%s holds NaN or infinite values' % name
+                return 'damaged', 'holds NaN or infinite values in %s' % name
     except Exception as e:  # a damaged file fails in whatever way its reader trips on it
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return '%s: %s' % (type(e).__name__, text[:200])
+        return 'damaged', 'does not read back whole (%s: %s)' % (type(e).__name__, text[:200])
+    return None
+
+
+# Files users hold instead of a checkpoint, by their first bytes: (offset, magic), what it is.
+FILE_KINDS = {
+    'archive': ([(0, b'\x1f\x8b'), (257, b'ustar')], 'a .tar.gz or .tar archive'),
+    'hdf5': ([(0, b'\x89HDF\r\n\x1a\n')], 'an HDF5 file (Keras weights?)'),
+}
+
+
+def file_kind(prefix):
+    """'archive' or 'hdf5' when the file `prefix` names (a V1 checkpoint is one file, a V2 one
+    has `prefix`.index) starts like one, else None."""
+    path = prefix if os.path.isfile(prefix) else prefix + '.index'
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError:
+        return None  # checkpoint_problem's reader says what is wrong
+    for kind, (magics, _) in FILE_KINDS.items():
+        if any(head[offset:offset + len(magic)] == magic for offset, magic in magics):
+            return kind
     return None
 
 
@@ -401,7 +484,7 @@ def recover_checkpoints(checkpoint_dir):
             chosen = step
             break
         damaged.append(found[step])
-        problems.append('%s cannot be restored (%s)' % (found[step], why))
+        problems.append('%s cannot be restored: it %s' % (found[step], why[1]))
     if found and chosen is None:
         raise CheckpointError(
             'no checkpoint in %s can be restored (%s): move them aside, or use a new '
@@ -565,7 +648,15 @@ def convert_keras(h5_path, out_path):
         if found != (shape, shape[-1:]):
             raise CheckpointError('%s does not hold VGG19 weights at 224 px: %s has kernel %s '
                                   'and bias %s, VGG19 needs %s' % (h5_path, scope, *found, shape))
-    return write_checkpoint(variables, out_path)
+    write_checkpoint(variables, out_path)
+    # What train.py --pretrained will check: a full disk can leave a short file behind.
+    problem = checkpoint_problem(out_path, vgg19_variables(num_classes))
+    if problem:
+        for path in tf.io.gfile.glob(out_path + '.index') + tf.io.gfile.glob(out_path + '.data-*'):
+            os.remove(path)
+        raise CheckpointError('the converted checkpoint %s %s (removed); free some space and '
+                              'convert again' % (out_path, problem[1]))
+    return out_path
 
 
 def cannot_create(path):

@@ -33,7 +33,6 @@ import parallel  # noqa: E402
 log = logging.getLogger('train')
 
 FOOD101_URL = 'http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz'
-VGG19_URL = 'http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz'
 
 # The embedded default. Without downloads there are no ImageNet weights, and a whole VGG19 from
 # scratch costs ~7 s a step on 2 cores even at 32 px, so the demo trains the classifier (fc8) of
@@ -296,19 +295,14 @@ def class_weights(labels, num_classes):
     return np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
 
 
-def check_inputs(args, resuming):
-    """Turn a missing dataset or checkpoint into one line that says how to get it."""
+def check_inputs(args):
+    """Turn a missing dataset into one line that says how to get it."""
     if not os.path.isdir(args.dataset):
         hint = ('download and unpack %s so that %s/images and %s/meta exist'
                 % (FOOD101_URL, args.dataset, args.dataset)
                 if args.dataset == 'data/food-101' else
                 'point --dataset at a Food-101 root or a folder with one subfolder per class')
         raise data.DatasetError('dataset %s not found: %s (or try --demo)' % (args.dataset, hint))
-    if (args.pretrained != 'none' and not resuming
-            and model.checkpoint_file(args.pretrained) is None):
-        raise model.CheckpointError(
-            "pretrained checkpoint %s not found: download %s and unpack vgg_19.ckpt there, or "
-            "pass --pretrained none to train from scratch" % (args.pretrained, VGG19_URL))
 
 
 def run_settings(args, dataset, previous):
@@ -487,8 +481,14 @@ def _train(args, extra_hooks):
     # Only the chief repairs the checkpoint directory; the others read what it left.
     latest = recover(args.checkpoint_dir) if chief else tf.train.latest_checkpoint(
         args.checkpoint_dir)
-    check_inputs(args, resuming=latest is not None or not chief)
+    check_inputs(args)
     dataset = data.load_dataset(args.dataset, args.val_fraction, args.seed)
+    # The pretrained checkpoint is read back whole before the image check and before any graph
+    # is built, so a broken download ends in one line saying what to do, not in the restore.
+    init_fn = None
+    if chief and not latest and args.pretrained != 'none':
+        init_fn = model.pretrained_init_fn(args.pretrained, model.vgg19_variables(
+            len(dataset.class_ids), scopes(args.exclude_scopes)))
     if chief:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     # The image check's cache is the chief's to write; the other workers reuse it when it
@@ -573,15 +573,13 @@ def _train(args, extra_hooks):
     best_saver = model.best_saver(args.checkpoint_dir, slim.get_model_variables() + [global_step])
 
     # Session: the pretrained restore runs only when the directory holds no checkpoint yet
-    init_fn = None
     if not chief:
         log.info('%s:%d: the chief restores the model, this worker waits for it',
                  args.task.job, args.task.index)
     elif latest:
         log.info('resuming from %s (step %s); --pretrained is not used when resuming',
                  latest, latest.rsplit('-', 1)[-1])
-    elif args.pretrained != 'none':
-        init_fn = model.pretrained_init_fn(args.pretrained, scopes(args.exclude_scopes))
+    elif init_fn:
         log.info('starting from the pretrained weights in %s (not restored: %s)',
                  args.pretrained, args.exclude_scopes or 'nothing')
     else:

@@ -58,5 +58,18 @@ def checkpoint_dir(tmp_path_factory):
     return directory
 
 
+def save_variables(variables, path, version=tf.train.SaverDef.V2):
+    """Save {name: array} as a checkpoint with prefix `path`, each variable of its array's
+    dtype, as a slim checkpoint of those names would be; returns the prefix."""
+    with tf.Graph().as_default():
+        tensors = [tf.Variable(tf.zeros(v.shape, v.dtype), name=name)
+                   for name, v in variables.items()]
+        with tf.Session() as session:
+            for tensor, value in zip(tensors, variables.values()):
+                tensor.load(value, session)  # fed, not embedded in the graph as constants
+            return tf.train.Saver(tensors, write_version=version).save(
+                session, path, write_meta_graph=False, write_state=False)
+
+
 def random_image(height, width, seed=0):
     return np.random.RandomState(seed).randint(0, 256, [height, width, 3]).astype(np.uint8)

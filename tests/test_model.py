@@ -1,8 +1,10 @@
 """model.py: slim's VGG19, its small-input option, weight decay, and the pretrained restore."""
 import glob
 import os
+import re
 import subprocess
 import sys
+import tarfile
 
 import h5py
 import numpy as np
@@ -15,6 +17,7 @@ from tf_slim.nets import vgg as slim_vgg
 
 import data
 import model
+from conftest import save_variables
 
 SLIM_NAMES = (['vgg_19/conv%d/conv%d_%d/%s' % (b, b, i, k)
                for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1)
@@ -125,16 +128,6 @@ def test_in_scopes():
     assert not model.in_scopes('vgg_19/fc7/weights', [])
 
 
-def _save(variables, path, version=tf.train.SaverDef.V2):
-    with tf.Graph().as_default():
-        tensors = [tf.Variable(tf.zeros(v.shape), name=name) for name, v in variables.items()]
-        with tf.Session() as session:
-            for tensor, value in zip(tensors, variables.values()):
-                tensor.load(value, session)  # fed, not embedded in the graph as constants
-            return tf.train.Saver(tensors, write_version=version).save(
-                session, path, write_meta_graph=False, write_state=False)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('version', ['V1', 'V2'])
 def test_restore_from_a_full_size_slim_checkpoint(tmp_path, version):
@@ -143,19 +136,23 @@ def test_restore_from_a_full_size_slim_checkpoint(tmp_path, version):
     with tf.Graph().as_default():
         model.vgg_19(tf.zeros([1, 224, 224, 3]), num_classes=1000)
         shapes = {v.op.name: v.shape.as_list() for v in slim.get_model_variables()}
+    assert shapes == model.vgg19_variables(1000)
     rng = np.random.default_rng(0)
     stored = {name: rng.standard_normal(shape, np.float32) for name, shape in shapes.items()}
-    path = _save(stored, str(tmp_path / 'vgg_19.ckpt'), getattr(tf.train.SaverDef, version))
+    path = save_variables(stored, str(tmp_path / 'vgg_19.ckpt'),
+                          getattr(tf.train.SaverDef, version))
 
     logits, _ = model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME',
                              global_pool=True)
     loss = tf.reduce_mean(logits)
     global_step = tf.train.get_or_create_global_step()
     train_op = tf.train.MomentumOptimizer(0.1, 0.9).minimize(loss, global_step)
-    init_fn = model.pretrained_init_fn(path)
+    init_fn = model.pretrained_init_fn(path, model.vgg19_variables(5, [model.HEAD_SCOPE]))
     variables = {v.op.name: v for v in slim.get_model_variables()}
+    initializer = tf.global_variables_initializer()
+    tf.get_default_graph().finalize()  # as MonitoredTrainingSession leaves it
     with tf.Session() as session:
-        session.run(tf.global_variables_initializer())
+        session.run(initializer)
         fresh_fc8 = session.run(variables['vgg_19/fc8/weights'])
         init_fn(None, session)
         restored = session.run(variables)
@@ -168,29 +165,149 @@ def test_restore_from_a_full_size_slim_checkpoint(tmp_path, version):
     assert restored['vgg_19/fc8/weights'].shape == (1, 1, 4096, 5)
 
 
+CONV1 = {'vgg_19/conv1/conv1_1/weights': [3, 3, 3, 64], 'vgg_19/conv1/conv1_1/biases': [64]}
+
+
+def _conv1(dtype=np.float32, prefix='vgg_19'):
+    """conv1_1 of a slim VGG (`prefix` vgg_16 for VGG16): values no float32 rounding changes."""
+    rng = np.random.default_rng(0)
+    return {name.replace('vgg_19', prefix): (rng.integers(-512, 512, shape) / 64).astype(dtype)
+            for name, shape in CONV1.items()}
+
+
+def _truncate(path):
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _tar(tmp_path, mode):
+    """The checkpoint as its download comes: vgg_19.ckpt packed in a .tar.gz (or a .tar)."""
+    (tmp_path / 'unpacked').mkdir()
+    save_variables(_conv1(), str(tmp_path / 'unpacked' / 'vgg_19.ckpt'), tf.train.SaverDef.V1)
+    path = str(tmp_path / ('vgg_19_2016_08_28.tar' + ('.gz' if 'gz' in mode else '')))
+    with tarfile.open(path, mode) as f:
+        f.add(str(tmp_path / 'unpacked' / 'vgg_19.ckpt'), 'vgg_19.ckpt')
+    return path
+
+
+def _float_array(tmp_path, dtype):
+    return save_variables(_conv1(dtype), str(tmp_path / 'vgg_19.ckpt'))
+
+
+def _h5(tmp_path):
+    path = str(tmp_path / 'vgg19_weights_tf_dim_ordering_tf_kernels.h5')
+    with h5py.File(path, 'w') as f:
+        f.attrs['layer_names'] = ['block1_conv1']
+    return path
+
+
+def _nan(tmp_path):
+    values = _conv1()
+    values['vgg_19/conv1/conv1_1/biases'][3] = np.nan
+    return save_variables(values, str(tmp_path / 'vgg_19.ckpt'))
+
+
+def _truncated(tmp_path, version):
+    path = save_variables(_conv1(), str(tmp_path / 'vgg_19.ckpt'), version)
+    _truncate(path if version == tf.train.SaverDef.V1 else path + '.data-00000-of-00001')
+    return path
+
+
+# What people hold after downloading vgg_19_2016_08_28.tar.gz, or instead of it, at a small
+# size: (what --pretrained names, the problem's kind, what the one line says to do).
+DOWNLOAD = 'download %s again and unpack it' % model.VGG19_URL
+BROKEN_PRETRAINED = {
+    'vgg16': (lambda t: save_variables(_conv1(prefix='vgg_16'), str(t / 'vgg_16.ckpt')),
+              'missing', 'has no variable vgg_19/conv1/conv1_1/weights; is it a TF-slim VGG19'),
+    'keras .h5': (_h5, 'hdf5', 'is an HDF5 file .* python model.py convert-keras .*vgg19_weights'
+                               '_tf_dim_ordering_tf_kernels.h5 data/vgg_19_keras.ckpt'),
+    '.tar.gz as is': (lambda t: _tar(t, 'w:gz'), 'archive',
+                      r'unpack it \(tar xf .*tar.gz\)'),
+    '.tar as is': (lambda t: _tar(t, 'w'), 'archive', r'unpack it \(tar xf .*tar\)'),
+    'truncated .data': (lambda t: _truncated(t, tf.train.SaverDef.V2), 'damaged',
+                        'does not read back whole .*' + DOWNLOAD),
+    'truncated V1 file': (lambda t: _truncated(t, tf.train.SaverDef.V1), 'damaged',
+                          'does not read back whole .*' + DOWNLOAD),
+    'NaN': (_nan, 'damaged', 'NaN or infinite values in vgg_19/conv1/conv1_1/biases; .*'
+                             + DOWNLOAD),
+    'int32': (lambda t: _float_array(t, np.int32), 'dtype',
+              'holds vgg_19/conv1/conv1_1/weights as int32, the model needs float32'),
+    'other shape': (lambda t: save_variables(
+        {'vgg_19/conv1/conv1_1/weights': np.zeros([3, 3, 3, 32], np.float32)},
+        str(t / 'vgg_19.ckpt')), 'shape',
+        r'vgg_19/conv1/conv1_1/weights with shape \[3, 3, 3, 32\], the model needs \[3, 3, 3, '
+        r'64\]; add its scope to --exclude-scopes'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BROKEN_PRETRAINED))
+def test_a_broken_pretrained_checkpoint_is_named_with_what_to_do(tmp_path, case):
+    make, kind, message = BROKEN_PRETRAINED[case]
+    path = make(tmp_path)
+    assert model.checkpoint_problem(path, CONV1, any_float=True)[0] == kind
+    with pytest.raises(model.CheckpointError) as error:
+        model.check_pretrained(path, CONV1)
+    line = str(error.value)
+    assert re.search(message, line), line
+    assert line.startswith('pretrained checkpoint %s ' % path) and '\n' not in line
+
+
+@pytest.mark.parametrize('dtype', [np.float64, np.float16, np.float32])
+def test_a_pretrained_checkpoint_of_other_floats_restores_as_float32(tmp_path, dtype):
+    path = _float_array(tmp_path, dtype)
+    assert model.checkpoint_problem(path, CONV1) == (
+        None if dtype == np.float32 else ('dtype', 'holds vgg_19/conv1/conv1_1/weights as %s, '
+                                          'the model needs float32' % np.dtype(dtype).name))
+    init_fn = model.pretrained_init_fn(path, CONV1)  # no graph was needed to check it
+    with tf.variable_scope('vgg_19'):  # the first block of vgg_19, as it builds it
+        slim.repeat(tf.zeros([1, 8, 8, 3]), 2, slim.conv2d, 64, [3, 3], scope='conv1')
+    variables = {v.op.name: v for v in slim.get_model_variables()}
+    initializer = tf.global_variables_initializer()
+    tf.get_default_graph().finalize()
+    with tf.Session() as session:
+        session.run(initializer)
+        before = session.run(variables['vgg_19/conv1/conv1_2/weights'])
+        init_fn(None, session)
+        restored = session.run(variables)
+    for name, value in _conv1(np.float32).items():
+        assert restored[name].dtype == np.float32
+        np.testing.assert_array_equal(restored[name], value, err_msg=name)
+    np.testing.assert_array_equal(restored['vgg_19/conv1/conv1_2/weights'], before)
+
+
+@pytest.mark.parametrize('version', ['V1', 'V2'])
+def test_a_directory_names_the_checkpoint_unpacked_into_it(tmp_path, version):
+    # The download unpacks to vgg_19.ckpt alone: no `checkpoint` state file names it.
+    path = save_variables(_conv1(), str(tmp_path / 'vgg_19.ckpt'),
+                          getattr(tf.train.SaverDef, version))
+    (tmp_path / 'food-101').mkdir()
+    assert model.checkpoint_file(str(tmp_path)) == path
+    assert model.check_pretrained(str(tmp_path), CONV1) == path
+    save_variables(_conv1(), str(tmp_path / 'other.ckpt'))
+    assert model.checkpoint_file(str(tmp_path)) is None  # which one is meant: not guessed
+
+
 def test_restore_names_a_missing_variable(tmp_path):
-    path = _save({'vgg_19/conv1/conv1_1/weights': np.zeros([3, 3, 3, 64], np.float32)},
-                 str(tmp_path / 'partial.ckpt'))
-    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME', global_pool=True)
+    path = save_variables({'vgg_19/conv1/conv1_1/weights': np.zeros([3, 3, 3, 64], np.float32)},
+                          str(tmp_path / 'partial.ckpt'))
     with pytest.raises(model.CheckpointError, match='no variable vgg_19/conv1/conv1_1/biases'):
-        model.pretrained_init_fn(path)
+        model.pretrained_init_fn(path, model.vgg19_variables(5, [model.HEAD_SCOPE]))
 
 
 def test_restore_names_a_mismatched_shape(tmp_path):
-    path = _save({'vgg_19/fc8/weights': np.zeros([1, 1, 4096, 1000], np.float32)},
-                 str(tmp_path / 'head.ckpt'))
-    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME', global_pool=True)
+    path = save_variables({'vgg_19/fc8/weights': np.zeros([1, 1, 4096, 1000], np.float32)},
+                          str(tmp_path / 'head.ckpt'))
     with pytest.raises(model.CheckpointError, match=r'vgg_19/fc8/weights .*\[1, 1, 4096, 1000\]'):
-        model.pretrained_init_fn(path, exclude_scopes=[v for v in SLIM_SCOPES if 'fc8' not in v])
+        model.pretrained_init_fn(path, model.vgg19_variables(
+            5, [v for v in SLIM_SCOPES if 'fc8' not in v]))
 
 
 SLIM_SCOPES = sorted({n.rsplit('/', 1)[0] for n in SLIM_NAMES})
 
 
 def test_restore_refuses_a_missing_checkpoint(tmp_path):
-    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=5, fc_conv_padding='SAME', global_pool=True)
-    with pytest.raises(model.CheckpointError, match='not found'):
-        model.pretrained_init_fn(str(tmp_path / 'nothing.ckpt'))
+    with pytest.raises(model.CheckpointError, match='not found: download .*vgg_19_2016_08_28'):
+        model.pretrained_init_fn(str(tmp_path / 'nothing.ckpt'), CONV1)
 
 
 def test_settings_round_trip_and_damage(tmp_path):
@@ -329,7 +446,7 @@ def test_converted_keras_weights_predict_as_keras(tmp_path):
     # And the checkpoint is a --pretrained one: everything but the head restores.
     with tf.Graph().as_default():
         model.vgg_19(tf.placeholder(tf.float32, [1, 224, 224, 3]), num_classes=7)
-        assert model.pretrained_init_fn(checkpoint) is not None
+        assert model.pretrained_init_fn(checkpoint, model.vgg19_variables(7, [model.HEAD_SCOPE]))
 
 
 def _stand_in_keras_h5(path):
