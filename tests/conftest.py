@@ -2,7 +2,9 @@
 checkpoint directory, so no test needs a download."""
 import os
 import sys
+import tarfile
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
@@ -34,12 +36,17 @@ def photo_dataset(tmp_path_factory):
     return root
 
 
+def model_settings(class_ids, image_size=32):
+    """The settings record train.py writes for a model of these classes and image size."""
+    padding, global_pool = model.fc_options(image_size)
+    return {'class_ids': list(class_ids), 'class_names': [c.title() for c in class_ids],
+            'image_size': image_size, 'fc_conv_padding': padding, 'global_pool': global_pool,
+            'preprocessing': data.preprocessing_settings(image_size)}
+
+
 def make_checkpoint_dir(directory, class_ids, image_size=32):
     """A checkpoint directory as train.py leaves it: settings.json and a random-weight model."""
-    padding, global_pool = model.fc_options(image_size)
-    settings = {'class_ids': list(class_ids), 'class_names': [c.title() for c in class_ids],
-                'image_size': image_size, 'fc_conv_padding': padding, 'global_pool': global_pool,
-                'preprocessing': data.preprocessing_settings(image_size)}
+    settings = model_settings(class_ids, image_size)
     with tf.Graph().as_default():
         images = tf.placeholder(tf.float32, [None, image_size, image_size, 3])
         model.classifier(images, settings, is_training=False, init='he')
@@ -69,6 +76,88 @@ def save_variables(variables, path, version=tf.train.SaverDef.V2):
                 tensor.load(value, session)  # fed, not embedded in the graph as constants
             return tf.train.Saver(tensors, write_version=version).save(
                 session, path, write_meta_graph=False, write_state=False)
+
+
+# Broken pretrained checkpoints, as people hold them after downloading vgg_19_2016_08_28.tar.gz
+# (or instead of it), at a small size: the first convolution of a slim VGG stands in for the
+# whole network. train.py restores it alone with --exclude-scopes EXCEPT_CONV1_1.
+CONV1 = {'vgg_19/conv1/conv1_1/weights': [3, 3, 3, 64], 'vgg_19/conv1/conv1_1/biases': [64]}
+EXCEPT_CONV1_1 = ','.join(sorted({name.rsplit('/', 1)[0] for name in model.vgg19_variables(1)}
+                                 - {'vgg_19/conv1/conv1_1'}))
+
+
+def conv1_values(dtype=np.float32, prefix='vgg_19'):
+    """conv1_1 of a slim VGG (`prefix` vgg_16 for VGG16): values no float32 rounding changes."""
+    rng = np.random.default_rng(0)
+    return {name.replace('vgg_19', prefix): (rng.integers(-512, 512, shape) / 64).astype(dtype)
+            for name, shape in CONV1.items()}
+
+
+def truncate(path):
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def tar_of(tmp_path, mode):
+    """The checkpoint as its download comes: vgg_19.ckpt packed in a .tar.gz (or a .tar)."""
+    (tmp_path / 'unpacked').mkdir()
+    save_variables(conv1_values(), str(tmp_path / 'unpacked' / 'vgg_19.ckpt'),
+                   tf.train.SaverDef.V1)  # the published file is in the V1 format
+    path = str(tmp_path / ('vgg_19_2016_08_28.tar' + ('.gz' if 'gz' in mode else '')))
+    with tarfile.open(path, mode) as f:
+        f.add(str(tmp_path / 'unpacked' / 'vgg_19.ckpt'), 'vgg_19.ckpt')
+    return path
+
+
+def conv1_checkpoint(tmp_path, dtype):
+    return save_variables(conv1_values(dtype), str(tmp_path / 'vgg_19.ckpt'))
+
+
+def keras_h5(tmp_path):
+    path = str(tmp_path / 'vgg19_weights_tf_dim_ordering_tf_kernels.h5')
+    with h5py.File(path, 'w') as f:
+        f.attrs['layer_names'] = ['block1_conv1']
+    return path
+
+
+def with_nan(tmp_path):
+    values = conv1_values()
+    values['vgg_19/conv1/conv1_1/biases'][3] = np.nan
+    return save_variables(values, str(tmp_path / 'vgg_19.ckpt'))
+
+
+def truncated(tmp_path, version):
+    path = save_variables(conv1_values(), str(tmp_path / 'vgg_19.ckpt'), version)
+    truncate(path if version == tf.train.SaverDef.V1 else path + '.data-00000-of-00001')
+    return path
+
+
+# {case: (a function of a directory making it there, checkpoint_problem's kind, what the one
+# line says to do)}
+DOWNLOAD = 'download %s again and unpack it' % model.VGG19_URL
+BROKEN_PRETRAINED = {
+    'vgg16': (lambda t: save_variables(conv1_values(prefix='vgg_16'), str(t / 'vgg_16.ckpt')),
+              'missing', 'has no variable vgg_19/conv1/conv1_1/weights; is it a TF-slim VGG19'),
+    'keras .h5': (keras_h5, 'hdf5', 'is an HDF5 file .* python model.py convert-keras .*'
+                                    'vgg19_weights_tf_dim_ordering_tf_kernels.h5 '
+                                    'data/vgg_19_keras.ckpt'),
+    '.tar.gz as is': (lambda t: tar_of(t, 'w:gz'), 'archive',
+                      r'unpack it \(tar xf .*tar.gz\)'),
+    '.tar as is': (lambda t: tar_of(t, 'w'), 'archive', r'unpack it \(tar xf .*tar\)'),
+    'truncated .data': (lambda t: truncated(t, tf.train.SaverDef.V2), 'damaged',
+                        'does not read back whole .*' + DOWNLOAD),
+    'truncated V1 file': (lambda t: truncated(t, tf.train.SaverDef.V1), 'damaged',
+                          'does not read back whole .*' + DOWNLOAD),
+    'NaN': (with_nan, 'damaged',
+            'NaN or infinite values in vgg_19/conv1/conv1_1/biases; .*' + DOWNLOAD),
+    'int32': (lambda t: conv1_checkpoint(t, np.int32), 'dtype',
+              'holds vgg_19/conv1/conv1_1/weights as int32, the model needs float32'),
+    'other shape': (lambda t: save_variables(
+        {'vgg_19/conv1/conv1_1/weights': np.zeros([3, 3, 3, 32], np.float32)},
+        str(t / 'vgg_19.ckpt')), 'shape',
+        r'vgg_19/conv1/conv1_1/weights with shape \[3, 3, 3, 32\], the model needs \[3, 3, 3, '
+        r'64\]; add its scope to --exclude-scopes'),
+}
 
 
 def random_image(height, width, seed=0):

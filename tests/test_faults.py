@@ -21,10 +21,12 @@ import tensorflow.compat.v1 as tf
 
 import data
 import evaluate
+import export
 import inference
 import model
 import train
-from conftest import ROOT
+from conftest import (BROKEN_PRETRAINED, CONV1, EXCEPT_CONV1_1, PHOTOS, ROOT, conv1_values,
+                      model_settings, random_image, save_variables)
 
 
 def _save_steps(directory, steps, poison=None):
@@ -481,3 +483,86 @@ def test_new_flags_are_checked(flags, message, capsys):
     with pytest.raises(SystemExit) as exit:
         train.parse_args(flags)
     assert exit.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _graph_building(*args, **kwargs):
+    raise AssertionError('a graph was being built')
+
+
+@pytest.mark.parametrize('case', ['vgg16', 'keras .h5', 'truncated .data', 'truncated V1 file',
+                                  '.tar.gz as is'])
+def test_a_broken_pretrained_checkpoint_is_one_line_before_any_graph(
+        photo_dataset, tmp_path, monkeypatch, capsys, case):
+    """The rows of issue 18 (a small stand-in for each: train.py restores conv1_1 alone)."""
+    make, _, message = BROKEN_PRETRAINED[case]
+    (tmp_path / 'data').mkdir()
+    path = make(tmp_path / 'data')
+    # Neither the image check nor the graph may come first.
+    monkeypatch.setattr(data, 'drop_unreadable', _graph_building)
+    monkeypatch.setattr(model, 'vgg_19', _graph_building)
+    out = str(tmp_path / 'run')
+    assert train.main(['--dataset', photo_dataset, '--pretrained', path, '--checkpoint-dir', out,
+                       '--exclude-scopes', EXCEPT_CONV1_1, '--image-size', '32']) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith('train.py: error: pretrained checkpoint %s ' % path), err
+    assert re.search(message, line) and 'Traceback' not in err, err
+    assert not os.path.exists(out)  # nothing written
+
+
+@pytest.mark.slow
+def test_training_starts_from_a_float64_vgg_19_ckpt_unpacked_in_a_directory(
+        photo_dataset, tmp_path, caplog):
+    # The download unpacks to vgg_19.ckpt (V1, no state file); a careless conversion wrote
+    # float64 values: restored as float32.
+    caplog.set_level(logging.INFO)
+    (tmp_path / 'data').mkdir()
+    save_variables(conv1_values(np.float64), str(tmp_path / 'data' / 'vgg_19.ckpt'),
+                   tf.train.SaverDef.V1)
+    out = str(tmp_path / 'run')
+    assert train.main(['--dataset', photo_dataset, '--pretrained', str(tmp_path / 'data'),
+                       '--checkpoint-dir', out, '--exclude-scopes', EXCEPT_CONV1_1,
+                       '--trainable-scopes', 'vgg_19/fc8', '--image-size', '32',
+                       '--batch-size', '4', '--max-steps', '1', '--validate-every', '0']) == 0
+    assert 'starting from the pretrained weights in %s' % (tmp_path / 'data') in caplog.text
+    reader = tf.train.load_checkpoint(out)
+    for name, value in conv1_values(np.float32).items():  # frozen: as restored
+        assert reader.get_tensor(name).dtype == np.float32
+        np.testing.assert_array_equal(reader.get_tensor(name), value, err_msg=name)
+
+
+# What --checkpoint PATH names instead of a checkpoint of the model: what the line says it is.
+BROKEN_PATHS = {'vgg16': 'has no variable vgg_19/conv1/conv1_1/weights',
+                'keras .h5': 'is an HDF5 file', 'truncated .data': 'does not read back whole',
+                '.tar.gz as is': 'is a .tar.gz or .tar archive'}
+
+
+@pytest.mark.parametrize('tool', ['evaluate', 'inference', 'export'])
+@pytest.mark.parametrize('case', sorted(BROKEN_PATHS))
+def test_a_broken_checkpoint_path_is_one_line_before_any_graph(tmp_path, monkeypatch, capsys,
+                                                               tool, case):
+    directory = str(tmp_path / 'run')
+    model.save_settings(directory, model_settings(PHOTOS))
+    path = BROKEN_PRETRAINED[case][0](tmp_path)
+    # conv1_1 stands in for the whole network, so that a truncated file of the right variables
+    # is what the check meets.
+    monkeypatch.setattr(model, 'vgg19_variables', lambda num_classes: dict(CONV1))
+    monkeypatch.setattr(model, 'vgg_19', _graph_building)
+    flags = ['--checkpoint-dir', directory, '--checkpoint', path]
+    image = str(tmp_path / 'photo.png')
+    PIL.Image.fromarray(random_image(40, 40)).save(image)
+    main, argv = {'evaluate': (evaluate.main, flags),
+                  'inference': (inference.main, flags + [image]),
+                  'export': (export.main, [str(tmp_path / 'exported')] + flags)}[tool]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith('%s.py: error: --checkpoint %s %s' % (tool, path, BROKEN_PATHS[case]))
+    assert line.endswith('pass a checkpoint that train.py wrote for the model in %s, or '
+                         '--checkpoint latest or best' % directory)
+    assert 'Traceback' not in err and not os.path.exists(str(tmp_path / 'exported'))
+
+
+def test_a_checkpoint_path_of_the_model_is_taken(checkpoint_dir):
+    path = model.find_checkpoint(checkpoint_dir)
+    assert model.trained_model(checkpoint_dir, path)[1] == path

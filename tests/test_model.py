@@ -4,7 +4,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 
 import h5py
 import numpy as np
@@ -17,7 +16,8 @@ from tf_slim.nets import vgg as slim_vgg
 
 import data
 import model
-from conftest import save_variables
+from conftest import (BROKEN_PRETRAINED, CONV1, conv1_checkpoint, conv1_values,
+                      save_variables, truncate)
 
 SLIM_NAMES = (['vgg_19/conv%d/conv%d_%d/%s' % (b, b, i, k)
                for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1)
@@ -165,81 +165,6 @@ def test_restore_from_a_full_size_slim_checkpoint(tmp_path, version):
     assert restored['vgg_19/fc8/weights'].shape == (1, 1, 4096, 5)
 
 
-CONV1 = {'vgg_19/conv1/conv1_1/weights': [3, 3, 3, 64], 'vgg_19/conv1/conv1_1/biases': [64]}
-
-
-def _conv1(dtype=np.float32, prefix='vgg_19'):
-    """conv1_1 of a slim VGG (`prefix` vgg_16 for VGG16): values no float32 rounding changes."""
-    rng = np.random.default_rng(0)
-    return {name.replace('vgg_19', prefix): (rng.integers(-512, 512, shape) / 64).astype(dtype)
-            for name, shape in CONV1.items()}
-
-
-def _truncate(path):
-    with open(path, 'r+b') as f:
-        f.truncate(os.path.getsize(path) // 2)
-
-
-def _tar(tmp_path, mode):
-    """The checkpoint as its download comes: vgg_19.ckpt packed in a .tar.gz (or a .tar)."""
-    (tmp_path / 'unpacked').mkdir()
-    save_variables(_conv1(), str(tmp_path / 'unpacked' / 'vgg_19.ckpt'), tf.train.SaverDef.V1)
-    path = str(tmp_path / ('vgg_19_2016_08_28.tar' + ('.gz' if 'gz' in mode else '')))
-    with tarfile.open(path, mode) as f:
-        f.add(str(tmp_path / 'unpacked' / 'vgg_19.ckpt'), 'vgg_19.ckpt')
-    return path
-
-
-def _float_array(tmp_path, dtype):
-    return save_variables(_conv1(dtype), str(tmp_path / 'vgg_19.ckpt'))
-
-
-def _h5(tmp_path):
-    path = str(tmp_path / 'vgg19_weights_tf_dim_ordering_tf_kernels.h5')
-    with h5py.File(path, 'w') as f:
-        f.attrs['layer_names'] = ['block1_conv1']
-    return path
-
-
-def _nan(tmp_path):
-    values = _conv1()
-    values['vgg_19/conv1/conv1_1/biases'][3] = np.nan
-    return save_variables(values, str(tmp_path / 'vgg_19.ckpt'))
-
-
-def _truncated(tmp_path, version):
-    path = save_variables(_conv1(), str(tmp_path / 'vgg_19.ckpt'), version)
-    _truncate(path if version == tf.train.SaverDef.V1 else path + '.data-00000-of-00001')
-    return path
-
-
-# What people hold after downloading vgg_19_2016_08_28.tar.gz, or instead of it, at a small
-# size: (what --pretrained names, the problem's kind, what the one line says to do).
-DOWNLOAD = 'download %s again and unpack it' % model.VGG19_URL
-BROKEN_PRETRAINED = {
-    'vgg16': (lambda t: save_variables(_conv1(prefix='vgg_16'), str(t / 'vgg_16.ckpt')),
-              'missing', 'has no variable vgg_19/conv1/conv1_1/weights; is it a TF-slim VGG19'),
-    'keras .h5': (_h5, 'hdf5', 'is an HDF5 file .* python model.py convert-keras .*vgg19_weights'
-                               '_tf_dim_ordering_tf_kernels.h5 data/vgg_19_keras.ckpt'),
-    '.tar.gz as is': (lambda t: _tar(t, 'w:gz'), 'archive',
-                      r'unpack it \(tar xf .*tar.gz\)'),
-    '.tar as is': (lambda t: _tar(t, 'w'), 'archive', r'unpack it \(tar xf .*tar\)'),
-    'truncated .data': (lambda t: _truncated(t, tf.train.SaverDef.V2), 'damaged',
-                        'does not read back whole .*' + DOWNLOAD),
-    'truncated V1 file': (lambda t: _truncated(t, tf.train.SaverDef.V1), 'damaged',
-                          'does not read back whole .*' + DOWNLOAD),
-    'NaN': (_nan, 'damaged', 'NaN or infinite values in vgg_19/conv1/conv1_1/biases; .*'
-                             + DOWNLOAD),
-    'int32': (lambda t: _float_array(t, np.int32), 'dtype',
-              'holds vgg_19/conv1/conv1_1/weights as int32, the model needs float32'),
-    'other shape': (lambda t: save_variables(
-        {'vgg_19/conv1/conv1_1/weights': np.zeros([3, 3, 3, 32], np.float32)},
-        str(t / 'vgg_19.ckpt')), 'shape',
-        r'vgg_19/conv1/conv1_1/weights with shape \[3, 3, 3, 32\], the model needs \[3, 3, 3, '
-        r'64\]; add its scope to --exclude-scopes'),
-}
-
-
 @pytest.mark.parametrize('case', sorted(BROKEN_PRETRAINED))
 def test_a_broken_pretrained_checkpoint_is_named_with_what_to_do(tmp_path, case):
     make, kind, message = BROKEN_PRETRAINED[case]
@@ -254,7 +179,7 @@ def test_a_broken_pretrained_checkpoint_is_named_with_what_to_do(tmp_path, case)
 
 @pytest.mark.parametrize('dtype', [np.float64, np.float16, np.float32])
 def test_a_pretrained_checkpoint_of_other_floats_restores_as_float32(tmp_path, dtype):
-    path = _float_array(tmp_path, dtype)
+    path = conv1_checkpoint(tmp_path, dtype)
     assert model.checkpoint_problem(path, CONV1) == (
         None if dtype == np.float32 else ('dtype', 'holds vgg_19/conv1/conv1_1/weights as %s, '
                                           'the model needs float32' % np.dtype(dtype).name))
@@ -269,7 +194,7 @@ def test_a_pretrained_checkpoint_of_other_floats_restores_as_float32(tmp_path, d
         before = session.run(variables['vgg_19/conv1/conv1_2/weights'])
         init_fn(None, session)
         restored = session.run(variables)
-    for name, value in _conv1(np.float32).items():
+    for name, value in conv1_values(np.float32).items():
         assert restored[name].dtype == np.float32
         np.testing.assert_array_equal(restored[name], value, err_msg=name)
     np.testing.assert_array_equal(restored['vgg_19/conv1/conv1_2/weights'], before)
@@ -278,12 +203,12 @@ def test_a_pretrained_checkpoint_of_other_floats_restores_as_float32(tmp_path, d
 @pytest.mark.parametrize('version', ['V1', 'V2'])
 def test_a_directory_names_the_checkpoint_unpacked_into_it(tmp_path, version):
     # The download unpacks to vgg_19.ckpt alone: no `checkpoint` state file names it.
-    path = save_variables(_conv1(), str(tmp_path / 'vgg_19.ckpt'),
+    path = save_variables(conv1_values(), str(tmp_path / 'vgg_19.ckpt'),
                           getattr(tf.train.SaverDef, version))
     (tmp_path / 'food-101').mkdir()
     assert model.checkpoint_file(str(tmp_path)) == path
     assert model.check_pretrained(str(tmp_path), CONV1) == path
-    save_variables(_conv1(), str(tmp_path / 'other.ckpt'))
+    save_variables(conv1_values(), str(tmp_path / 'other.ckpt'))
     assert model.checkpoint_file(str(tmp_path)) is None  # which one is meant: not guessed
 
 
@@ -510,6 +435,30 @@ def test_convert_keras_refuses_what_is_not_keras_vgg19(tmp_path, content, messag
     with pytest.raises(model.CheckpointError, match=message):
         model.convert_keras(str(path), str(out))
     assert glob.glob(str(out) + '*') == ([str(out)] if content == 'out-dir' else [])
+
+
+def test_convert_keras_checks_what_it_wrote(tmp_path, monkeypatch, capsys):
+    h5 = str(tmp_path / 'weights.h5')
+    converted = model.keras_to_slim(_stand_in_keras_h5(h5))
+    # The stand-in's shapes as VGG19's, so that it converts and its output is checked as such.
+    monkeypatch.setattr(model, 'vgg19_shapes', lambda num_classes: {
+        name[:-len('/weights')]: value.shape for name, value in converted.items()
+        if name.endswith('/weights')})
+    good = model.convert_keras(h5, str(tmp_path / 'good.ckpt'))
+    assert model.checkpoint_problem(good, model.vgg19_variables(3)) is None
+    write = model.write_checkpoint
+
+    def short_write(variables, path):  # what a disk that fills up mid-write can leave
+        write(variables, path)
+        truncate(path + '.data-00000-of-00001')
+    monkeypatch.setattr(model, 'write_checkpoint', short_write)
+    out = str(tmp_path / 'out.ckpt')
+    assert model.main(['convert-keras', h5, out]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith('model.py: error: the converted checkpoint %s does not read back '
+                           'whole' % out) and line.endswith('(removed); free some space and '
+                                                            'convert again'), line
+    assert glob.glob(out + '*') == []  # a second try is not refused as already there
 
 
 def test_write_checkpoint_refuses_a_path_under_a_file(tmp_path):
