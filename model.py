@@ -232,8 +232,8 @@ def pretrained_init_fn(checkpoint_path, expected):
         variables = {v.op.name: v for v in session.graph.get_collection(
             tf.GraphKeys.MODEL_VARIABLES)}
         for name in expected:
-            value = reader.get_tensor(name).astype(np.float32, copy=False)
-            variables[name].load(value, session)  # a feed: the graph is finalized by now
+            # A feed (the graph is finalized by now), which casts the values to float32.
+            variables[name].load(reader.get_tensor(name), session)
     return init_fn
 
 

@@ -485,8 +485,8 @@ def test_new_flags_are_checked(flags, message, capsys):
     assert exit.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def _graph_building(*args, **kwargs):
-    raise AssertionError('a graph was being built')
+def _too_early(*args, **kwargs):
+    raise AssertionError('ran before the checkpoint check')
 
 
 @pytest.mark.parametrize('case', ['vgg16', 'keras .h5', 'truncated .data', 'truncated V1 file',
@@ -498,8 +498,8 @@ def test_a_broken_pretrained_checkpoint_is_one_line_before_any_graph(
     (tmp_path / 'data').mkdir()
     path = make(tmp_path / 'data')
     # Neither the image check nor the graph may come first.
-    monkeypatch.setattr(data, 'drop_unreadable', _graph_building)
-    monkeypatch.setattr(model, 'vgg_19', _graph_building)
+    monkeypatch.setattr(data, 'drop_unreadable', _too_early)
+    monkeypatch.setattr(model, 'vgg_19', _too_early)
     out = str(tmp_path / 'run')
     assert train.main(['--dataset', photo_dataset, '--pretrained', path, '--checkpoint-dir', out,
                        '--exclude-scopes', EXCEPT_CONV1_1, '--image-size', '32']) == 2
@@ -547,7 +547,7 @@ def test_a_broken_checkpoint_path_is_one_line_before_any_graph(tmp_path, monkeyp
     # conv1_1 stands in for the whole network, so that a truncated file of the right variables
     # is what the check meets.
     monkeypatch.setattr(model, 'vgg19_variables', lambda num_classes: dict(CONV1))
-    monkeypatch.setattr(model, 'vgg_19', _graph_building)
+    monkeypatch.setattr(model, 'vgg_19', _too_early)
     flags = ['--checkpoint-dir', directory, '--checkpoint', path]
     image = str(tmp_path / 'photo.png')
     PIL.Image.fromarray(random_image(40, 40)).save(image)
