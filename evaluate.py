@@ -9,24 +9,23 @@ confused class pairs and the misclassified files. Writes the confusion matrix (C
 TensorBoard image) and the misclassified files (CSV) into <checkpoint-dir>/eval/<split>.
 Validation during training runs the same code, so both give the same numbers for a checkpoint.
 """
+import argparse
+import csv
+import glob
+import io
+import json
+import logging
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+import sys
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import glob  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import numpy as np  # noqa: E402
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import numpy as np
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import hardware  # noqa: E402
-import model  # noqa: E402
+import data
+import model
 
 log = logging.getLogger('evaluate')
 

@@ -17,20 +17,19 @@ The settings record travels too, in OUT_DIR/assets.extra/settings.json. The grap
 as inference.py and evaluate.py predict by default (see hardware.py): the same probabilities on
 every machine, unless the server that loads it turns on a mixed-precision rewrite itself.
 """
+import argparse
+import logging
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+import shutil
+import sys
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import hardware  # noqa: E402
-import model  # noqa: E402
+import data
+import model
 
 BYTES_SIGNATURE = 'serving_default'
 PIXELS_SIGNATURE = 'pixels'

@@ -16,6 +16,8 @@ import shutil
 import sys
 import warnings
 
+import hardware  # noqa: F401 (first: it imports TensorFlow without the C++ start-up chatter)
+
 import h5py
 import numpy as np
 import tensorflow.compat.v1 as tf

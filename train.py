@@ -10,25 +10,24 @@ the same command again resumes from the newest checkpoint, in the stage and at t
 learning-rate schedule where it stopped. The weights with the best validation accuracy are kept
 in --checkpoint-dir/best; curves.png (loss, learning rate, accuracy) is drawn when a run ends.
 """
+import argparse
+import logging
+import math
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+import shutil
+import sys
+import time
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import numpy as np  # noqa: E402
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import numpy as np
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import evaluate  # noqa: E402
-import hardware  # noqa: E402
-import model  # noqa: E402
-import parallel  # noqa: E402
+import data
+import evaluate
+import model
+import parallel
 
 log = logging.getLogger('train')
 
