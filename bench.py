@@ -23,7 +23,6 @@ through its matching mixed-precision policy. --precision X runs X alone. --xla c
 tool's side with XLA, --keras-xla the Keras side (whose default, jit_compile='auto', compiles
 only on GPUs).
 """
-import argparse
 import contextlib
 import json
 import logging
@@ -44,6 +43,7 @@ import tensorflow as tf2
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
+import cli
 import data
 import demo
 import inference
@@ -61,8 +61,7 @@ KERAS_POLICY = {'fp32': 'float32', 'bf16': 'mixed_bfloat16', 'fp16': 'mixed_floa
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--images', type=int, default=500, help='generated JPEGs for the pipeline')
     p.add_argument('--long-side', type=int, default=512, help='of the generated JPEGs')
     p.add_argument('--batch-size', type=int, default=16)

@@ -9,7 +9,6 @@ confused class pairs and the misclassified files. Writes the confusion matrix (C
 TensorBoard image) and the misclassified files (CSV) into <checkpoint-dir>/eval/<split>.
 Validation during training runs the same code, so both give the same numbers for a checkpoint.
 """
-import argparse
 import csv
 import glob
 import io
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
+import cli
 import data
 import model
 
@@ -297,8 +297,7 @@ def plot_curves(checkpoint_dir):
 # The command.
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Evaluate a trained VGG19 on a dataset split.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Evaluate a trained VGG19 on a dataset split.')
     model.add_checkpoint_flags(p)
     p.add_argument('--dataset', default=None,
                    help='dataset root (default: the one the model was trained on)')

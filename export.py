@@ -17,7 +17,6 @@ The settings record travels too, in OUT_DIR/assets.extra/settings.json. The grap
 as inference.py and evaluate.py predict by default (see hardware.py): the same probabilities on
 every machine, unless the server that loads it turns on a mixed-precision rewrite itself.
 """
-import argparse
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
+import cli
 import data
 import model
 
@@ -126,8 +126,7 @@ def load_settings(saved_model_dir):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Export a trained VGG19 as a SavedModel.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Export a trained VGG19 as a SavedModel.')
     p.add_argument('out_dir', metavar='OUT_DIR',
                    help='a new directory, e.g. models/food/1 (TF Serving wants a version number)')
     model.add_checkpoint_flags(p)

@@ -7,7 +7,6 @@
 Everything the model needs (classes, display names, image size, preprocessing) is read from the
 settings.json that training wrote beside the checkpoints (and export.py into the SavedModel).
 """
-import argparse
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import PIL.Image
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
+import cli
 import data
 import export
 import model
@@ -29,8 +29,7 @@ READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Predict the classes of images with a trained VGG19.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Predict the classes of images with a trained VGG19.')
     p.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
                    help='image files, or directories whose images are all predicted')
     model.add_checkpoint_flags(p)

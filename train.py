@@ -10,7 +10,6 @@ the same command again resumes from the newest checkpoint, in the stage and at t
 learning-rate schedule where it stopped. The weights with the best validation accuracy are kept
 in --checkpoint-dir/best; curves.png (loss, learning rate, accuracy) is drawn when a run ends.
 """
-import argparse
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
+import cli
 import data
 import evaluate
 import model
@@ -46,8 +46,7 @@ DEMO = dict(dataset='data/demo', pretrained='none', checkpoint_dir='checkpoints/
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Fine-tune VGG19 on labelled photos.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Fine-tune VGG19 on labelled photos.')
     p.add_argument('--demo', action='store_true',
                    help='train on a small dataset made from scikit-image photos (no download); '
                         'changes the defaults to %s' % DEMO)
@@ -75,10 +74,13 @@ def parse_args(argv=None):
                    help='share of each class held out for validation when the dataset has '
                         'no split of its own')
     p.add_argument('--seed', type=int, default=0, help='seed of that split')
-    p.add_argument('--epochs', type=float, default=20)
+    p.add_argument('--epochs', type=float, default=20,
+                   help='passes over the training images (fractions allowed)')
     p.add_argument('--max-steps', type=int, default=0, help='cap on the step count (0: none)')
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--val-batch-size', type=int, default=128)
+    p.add_argument('--batch-size', type=int, default=64,
+                   help='images per step, over all towers of this machine')
+    p.add_argument('--val-batch-size', type=int, default=128,
+                   help='images per batch of the validation passes')
     p.add_argument('--learning-rate', type=float, default=1e-3,
                    help='learning rate at the start of the main schedule')
     p.add_argument('--schedule', choices=SCHEDULES, default='polynomial',
@@ -89,7 +91,8 @@ def parse_args(argv=None):
     p.add_argument('--decay-power', type=float, default=1.0, help='of the polynomial schedule')
     p.add_argument('--warmup-steps', type=int, default=0,
                    help='steps of linear warm-up at the start of the main schedule')
-    p.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum')
+    p.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum',
+                   help='the update rule of the main schedule and the head stage')
     p.add_argument('--momentum', type=float, default=0.9, help='for --optimizer momentum')
     p.add_argument('--label-smoothing', type=float, default=0.0,
                    help='share of each target spread evenly over all classes')
@@ -97,7 +100,8 @@ def parse_args(argv=None):
                    help='balanced: weigh each image by 1 / its class size, for imbalanced data')
     p.add_argument('--dropout-keep-prob', type=float, default=0.5,
                    help='share of fc6/fc7 activations kept by dropout in training')
-    p.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY)
+    p.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY,
+                   help="L2 penalty on the network's weights, as slim's vgg_arg_scope")
     p.add_argument('--validate-every', type=int, default=500,
                    help='steps between validations (also run at the end; 0: only at the end)')
     p.add_argument('--early-stopping', type=int, default=0, metavar='K',
