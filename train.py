@@ -500,6 +500,7 @@ def _train(args, extra_hooks):
         dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json'),
         max_share=args.max_unreadable, write_cache=chief,
         resize_side=data.resize_side_range(args.image_size)[0])  # validation's resize
+    data.check_classes(dataset)
     # Settings left by a run that never saved a checkpoint describe no model: replace them.
     previous = model.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)

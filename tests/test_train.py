@@ -11,13 +11,14 @@ import sys
 import time
 
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow.compat.v1 as tf
 
 import evaluate
 import inference
 import train
-from conftest import ROOT
+from conftest import ROOT, random_image
 
 
 def test_total_steps():
@@ -405,3 +406,14 @@ def test_early_stopping_after_validations_without_progress(photo_dataset, tmp_pa
     assert 'early stopping: no better accuracy in 2 validations since step 1' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-3')
     assert train.model.load_best(out)['step'] == 1
+
+
+def test_a_dataset_of_one_class_is_a_one_line_error(tmp_path, capsys):
+    # It used to train, and report validation accuracy 1.0.
+    (tmp_path / 'only').mkdir()
+    for i in range(4):
+        PIL.Image.fromarray(random_image(40, 40)).save(str(tmp_path / 'only' / ('%d.jpg' % i)))
+    assert train.main(['--dataset', str(tmp_path), '--pretrained', 'none',
+                       '--checkpoint-dir', str(tmp_path / 'run')]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        'has 1 class (only): a classifier needs two or more, one folder of images each')
