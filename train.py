@@ -58,8 +58,9 @@ def parse_args(argv=None):
                    help='where checkpoints, TensorBoard events and settings.json go')
     p.add_argument('--exclude-scopes', default=model.HEAD_SCOPE,
                    help='comma-separated variable scopes not restored from --pretrained')
-    p.add_argument('--init', choices=sorted(model.INITIALIZERS), default='xavier',
-                   help='initial weights of what --pretrained does not restore')
+    p.add_argument('--init', choices=['auto'] + sorted(model.INITIALIZERS), default='auto',
+                   help='initial weights of what --pretrained does not restore; auto: he with '
+                        '--pretrained none (xavier left 19 ReLU layers at chance), else xavier')
     p.add_argument('--trainable-scopes', default='',
                    help='comma-separated variable scopes to train (default: all); e.g. '
                         'vgg_19/fc6,vgg_19/fc7,vgg_19/fc8 to keep the convolutions as they are')
@@ -114,7 +115,8 @@ def parse_args(argv=None):
     p.add_argument('--max-unreadable', type=float, default=0.1,
                    help='share of the dataset that may be unusable (undecodable or too large '
                         'images, left out and listed) before the run refuses to start')
-    p.add_argument('--summary-every', type=int, default=30, help='steps between summaries')
+    p.add_argument('--summary-every', type=int, default=10,
+                   help='steps between TensorBoard summaries (the points of curves.png)')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
     hardware.add_flags(p)
     add_parallel_flags(p)
@@ -122,6 +124,8 @@ def parse_args(argv=None):
     if args.demo:
         p.set_defaults(**DEMO)
         args = p.parse_args(argv)  # flags given on the command line still win
+    if args.init == 'auto':
+        args.init = 'he' if args.pretrained == 'none' else 'xavier'
     for flag in ('image_size', 'batch_size', 'val_batch_size', 'log_every', 'summary_every',
                  'save_every_secs', 'keep_checkpoints'):
         if getattr(args, flag) < 1:
@@ -344,12 +348,31 @@ def _short(value):
     return text if len(text) < 80 else text[:77] + '...'
 
 
-class LoggingHook(tf.train.SessionRunHook):
-    """Every `every` steps: step/total, loss, batch accuracy, learning rate, images/s, time left."""
+def time_left(step, last_step, seconds_a_step, validate_every=0, seconds_a_validation=0.0):
+    """Seconds from `step` to the end of the run: the steps still to go at the measured pace,
+    and the validations still to come (every `validate_every` steps, and one at the end)."""
+    validations = last_step // validate_every - step // validate_every if validate_every else 0
+    if not validate_every or last_step % validate_every:
+        validations += 1
+    return max(last_step - step, 0) * seconds_a_step + validations * seconds_a_validation
 
-    def __init__(self, tensors, last_step, batch_size, every):
+
+def clock(seconds):
+    """'1h02m', '3m05s' or '42s'."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return '%dh%02dm' % divmod(seconds // 60, 60)
+    return '%dm%02ds' % divmod(seconds, 60) if seconds >= 60 else '%ds' % seconds
+
+
+class LoggingHook(tf.train.SessionRunHook):
+    """Every `every` steps: step/total, loss, batch accuracy, learning rate, images/s, time left.
+    The pace leaves out the time of `validation`'s passes, and the time left counts them."""
+
+    def __init__(self, tensors, last_step, batch_size, every, validation=None):
         self._tensors, self._last_step = tensors, last_step
         self._batch_size, self._every = batch_size, every
+        self._validation = validation
         self._mark = None
         self._step = tf.train.get_global_step()
 
@@ -360,34 +383,41 @@ class LoggingHook(tf.train.SessionRunHook):
         values = run_values.results
         # Read after the update: a step fetched with train_op may come from before it.
         step, now = run_context.session.run(self._step), time.time()
+        validation = self._validation
+        validating = validation.seconds if validation else 0.0
         if self._mark is None:
-            self._mark = (step, now)
+            self._mark = (step, now, validating)
         elif step != self._mark[0] and (step % self._every == 0 or step >= self._last_step):
-            speed = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
-            left = max(self._last_step - step, 0) / max(speed, 1e-9)
+            stepping = max(now - self._mark[1] - (validating - self._mark[2]), 1e-9)
+            pace = stepping / (step - self._mark[0])
+            left = time_left(step, self._last_step, pace, validation.every if validation else 0,
+                             validation.seconds / validation.count
+                             if validation and validation.count else 0.0)
             log.info('step %d/%d  loss %.4f  total_loss %.4f  batch accuracy %.2f  lr %.3g  '
-                     '%.1f images/s  %dh%02dm left', step, self._last_step, values['loss'],
+                     '%.1f images/s  %s left', step, self._last_step, values['loss'],
                      values['total_loss'], values['train_accuracy'], values['learning_rate'],
-                     speed * self._batch_size, *divmod(left // 60, 60))
-            self._mark = (step, now)
+                     self._batch_size / pace, clock(left))
+            self._mark = (step, now, validating)
 
 
 class ValidationHook(tf.train.SessionRunHook):
-    """Top-1 and top-5 accuracy over the whole validation split, every `every` steps and at the
-    end, written to TensorBoard as `accuracy` and `accuracy_top5`. A better top-1 than the best
-    so far saves the weights into <checkpoint-dir>/best; with `patience`, training stops after
-    that many validations without one."""
+    """Top-1 and top-k (k = 5, or the number of classes) accuracy over the whole validation
+    split, every `every` steps and at the end, written to TensorBoard as `accuracy` and
+    `accuracy_top5`. A better top-1 than the best so far saves the weights into
+    <checkpoint-dir>/best; with `patience`, training stops after that many validations without
+    one. `seconds` and `count` add up the passes, for the time left."""
 
     def __init__(self, evaluation, num_examples, every, checkpoint_dir, best_saver, patience=0):
         self._initializer, self._fetches = evaluation
-        self._num_examples, self._every, self._dir = num_examples, every, checkpoint_dir
+        self._num_examples, self.every, self._dir = num_examples, every, checkpoint_dir
         self._best_saver, self._patience = best_saver, patience
+        self.seconds, self.count = 0.0, 0
         self._done_at = None
         self._step = tf.train.get_global_step()
 
     def after_run(self, run_context, run_values):
         step = run_context.session.run(self._step)
-        if self._every and step % self._every == 0 and step != self._done_at:
+        if self.every and step % self.every == 0 and step != self._done_at:
             if self.validate(run_context.session, step):
                 run_context.request_stop()
 
@@ -402,8 +432,11 @@ class ValidationHook(tf.train.SessionRunHook):
         predictions = evaluate.predict(session, self._initializer, self._fetches,
                                        self._num_examples)
         accuracy, accuracy5 = evaluate.accuracy(predictions['labels'], predictions['top'])
-        log.info('validation at step %d: accuracy %.4f  top-5 %.4f  (%d images, %.0f s)',
-                 step, accuracy, accuracy5, len(predictions['labels']), time.time() - start)
+        seconds = time.time() - start
+        self.seconds, self.count = self.seconds + seconds, self.count + 1
+        log.info('validation at step %d: accuracy %.4f  top-%d %.4f  (%d images, %.0f s)',
+                 step, accuracy, predictions['top'].shape[1], accuracy5,
+                 len(predictions['labels']), seconds)
         writer = tf.summary.FileWriterCache.get(self._dir)
         writer.add_summary(tf.Summary(value=[
             tf.Summary.Value(tag='accuracy', simple_value=accuracy),
@@ -595,16 +628,16 @@ def _train(args, extra_hooks):
                  len(tf.trainable_variables()),
                  'steps 0-%d' % args.head_steps if stage == 'head' else
                  'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
+    validation = ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
+                                best_saver, args.early_stopping) if chief else None
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
              LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
                           'train_accuracy': train_accuracy}, last_step, step_images,
-                         args.log_every)]
+                         args.log_every, validation)]
     if chief:  # what writes into --checkpoint-dir
         hooks += [tf.train.SummarySaverHook(save_steps=last_step + 1,
                                             output_dir=args.checkpoint_dir,
-                                            summary_op=inputs_summary),
-                  ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
-                                 best_saver, args.early_stopping)]
+                                            summary_op=inputs_summary), validation]
     hooks += list(extra_hooks)
     if args.task:
         hooks += sync_hooks + [parallel.StepCountHook(args.task)]
