@@ -90,11 +90,12 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
     settings, checkpoint = model.trained_model(checkpoint_dir, which, data.preprocessing_settings)
     staging = out_dir.rstrip('/') + '.partial'
     shutil.rmtree(staging, ignore_errors=True)  # an earlier export that was cut off
+    config = hardware.session_config()  # before the graph: its device listing is the quiet one
     try:
         with tf.Graph().as_default() as graph:
             signatures = build_signatures(settings, top_k)
             saver = tf.train.Saver(slim.get_model_variables())
-            with tf.Session(graph=graph, config=hardware.session_config()) as session:
+            with tf.Session(graph=graph, config=config) as session:
                 model.restore(saver, session, checkpoint)
                 builder = tf.saved_model.Builder(staging)
                 builder.add_meta_graph_and_variables(

@@ -14,6 +14,7 @@ A precision the machine cannot run is refused in one line: TensorFlow would quie
 under its name. The variables, and so the checkpoints, stay float32 in every mode.
 """
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -97,6 +98,7 @@ def cpu_flags(cpuinfo='/proc/cpuinfo'):
     return set(cpu_info('flags', cpuinfo).split())
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_capabilities():
     """(major, minor) compute capability of each visible GPU.
 
@@ -168,6 +170,7 @@ def session_config(precision='fp32', xla=False):
     The mixed precisions are graph rewrites: matmuls and convolutions run in 16 bits, the
     variables and the numerically sensitive ops (softmax, losses, updates) stay float32.
     """
+    gpu_capabilities()  # the process's first device listing, quiet: a Session's would not be
     config = tf.ConfigProto(allow_soft_placement=True)
     config.gpu_options.allow_growth = True
     rewrites = config.graph_options.rewrite_options

@@ -15,7 +15,7 @@ import shutil
 import sys
 import warnings
 
-import hardware  # noqa: F401 (first: it imports TensorFlow without the C++ start-up chatter)
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
 import h5py
 import numpy as np
@@ -549,7 +549,7 @@ def write_checkpoint(variables, path):
         saved = {name: tf.get_variable(name, value.shape, tf.float32,
                                        initializer=tf.zeros_initializer())
                  for name, value in variables.items()}
-        with tf.Session() as session:
+        with tf.Session(config=hardware.session_config()) as session:
             for name, variable in saved.items():
                 variable.load(variables[name], session)
             tf.train.Saver(saved).save(session, path, write_meta_graph=False, write_state=False)

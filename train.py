@@ -42,7 +42,7 @@ VGG19_URL = 'http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz'
 DEMO = dict(dataset='data/demo', pretrained='none', checkpoint_dir='checkpoints/demo',
             image_size=32, init='he', dropout_keep_prob=1.0, trainable_scopes='vgg_19/fc8',
             epochs=30, batch_size=32, val_batch_size=64, learning_rate=3e-4, validate_every=100,
-            save_every_secs=120)
+            save_every_secs=120, keep_checkpoints=1)  # each is the whole model: 559 MB
 
 
 def parse_args(argv=None):
