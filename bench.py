@@ -23,33 +23,32 @@ through its matching mixed-precision policy. --precision X runs X alone. --xla c
 tool's side with XLA, --keras-xla the Keras side (whose default, jit_compile='auto', compiles
 only on GPUs).
 """
+import contextlib
+import json
+import logging
+import multiprocessing
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import platform
+import statistics
+import sys
+import tempfile
+import time
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import multiprocessing  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import imageio.v3 as iio  # noqa: E402
-import numpy as np  # noqa: E402
-import skimage.data  # noqa: E402
-import tensorflow as tf2  # noqa: E402
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import imageio.v3 as iio
+import numpy as np
+import skimage.data
+import tensorflow as tf2
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import demo  # noqa: E402
-import hardware  # noqa: E402
-import inference  # noqa: E402
-import model  # noqa: E402
-import train  # noqa: E402
+import cli
+import data
+import demo
+import inference
+import model
+import train
 
 # VGG19 forward at 224 px: 19.6 G multiply-adds an image (2 FLOPs each); a training step
 # (forward, gradients of activations and of weights) costs about three forwards. Convolutions
@@ -62,8 +61,7 @@ KERAS_POLICY = {'fp32': 'float32', 'bf16': 'mixed_bfloat16', 'fp16': 'mixed_floa
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--images', type=int, default=500, help='generated JPEGs for the pipeline')
     p.add_argument('--long-side', type=int, default=512, help='of the generated JPEGs')
     p.add_argument('--batch-size', type=int, default=16)

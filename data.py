@@ -68,6 +68,24 @@ def load_dataset(root, val_fraction=0.2, seed=0):
     return dataset
 
 
+def check_classes(dataset):
+    """Refuse a dataset a classifier cannot learn and be validated on: fewer than two classes,
+    or a class without training or without validation images (a DatasetError naming it)."""
+    if len(dataset.class_ids) < 2:
+        raise DatasetError('dataset %s has %d class (%s): a classifier needs two or more, one '
+                           'folder of images each' % (dataset.root, len(dataset.class_ids),
+                                                      ', '.join(dataset.class_ids)))
+    for name, split in (('training', dataset.train), ('validation', dataset.validation)):
+        present = set(split.labels)
+        empty = [c for i, c in enumerate(dataset.class_ids) if i not in present]
+        if empty:
+            raise DatasetError(
+                'class%s %s of %s ha%s no %s images left: add images (the automatic split needs '
+                'two or more a class) or remove the class' % (
+                    'es' if len(empty) > 1 else '', ', '.join(empty[:5]), dataset.root,
+                    've' if len(empty) > 1 else 's', name))
+
+
 def _read_lines(path):
     with open(path, encoding='utf-8') as f:
         return [line.strip() for line in f if line.strip()]
@@ -183,8 +201,7 @@ def stratified_split(files_by_class, val_fraction, seed=0):
         random.Random(seed * 1000003 + zlib.crc32(class_id.encode())).shuffle(files)
         n_val = min(max(int(round(len(files) * val_fraction)), 1), len(files) - 1)
         if len(files) < 2:
-            log.warning('class %s has %d image(s): none left for validation', class_id, len(files))
-            n_val = 0
+            n_val = 0  # check_classes refuses a class with nothing for validation
         validation[class_id], train[class_id] = sorted(files[:n_val]), sorted(files[n_val:])
     return train, validation
 

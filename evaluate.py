@@ -9,24 +9,23 @@ confused class pairs and the misclassified files. Writes the confusion matrix (C
 TensorBoard image) and the misclassified files (CSV) into <checkpoint-dir>/eval/<split>.
 Validation during training runs the same code, so both give the same numbers for a checkpoint.
 """
+import csv
+import glob
+import io
+import json
+import logging
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+import sys
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import glob  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import numpy as np  # noqa: E402
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import numpy as np
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import hardware  # noqa: E402
-import model  # noqa: E402
+import cli
+import data
+import model
 
 log = logging.getLogger('evaluate')
 
@@ -185,23 +184,27 @@ def _pyplot():
     return plt
 
 
-def confusion_png(matrix, names):
-    """The confusion matrix as a PNG (bytes): each row shaded by its share of that true class."""
+def confusion_png(matrix, names, title=''):
+    """The confusion matrix as a PNG (bytes): each row shaded by its share of that true class,
+    with a colour scale, and the counts in the cells up to 40 classes."""
     plt = _pyplot()
     matrix = np.asarray(matrix)
     rows = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = min(4 + 0.3 * len(names), 30)
-    figure, axes = plt.subplots(figsize=(size, size))
-    axes.imshow(matrix / rows, cmap='Blues', vmin=0, vmax=1)
+    size = min(5 + 0.35 * len(names), 30)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    shades = axes.imshow(matrix / rows, cmap='Blues', vmin=0, vmax=1)
+    figure.colorbar(shades, ax=axes, fraction=0.046, pad=0.04, label='share of the true class')
+    axes.set_title(title, fontsize=11)
     axes.set_xlabel('predicted class')
     axes.set_ylabel('true class')
     if len(names) <= 50:  # beyond that the names overlap: the CSV has them
-        axes.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-        axes.set_yticks(range(len(names)), names, fontsize=8)
-    if len(names) <= 20:
+        axes.set_xticks(range(len(names)), names, rotation=90, fontsize=9)
+        axes.set_yticks(range(len(names)), names, fontsize=9)
+    if len(names) <= 40:
         for (t, p), count in np.ndenumerate(matrix):
             if count:
-                axes.text(p, t, str(count), ha='center', va='center', fontsize=7,
+                axes.text(p, t, str(count), ha='center', va='center',
+                          fontsize=10 if len(names) <= 20 else 8,
                           color='white' if count / rows[t, 0] > 0.5 else 'black')
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -226,7 +229,10 @@ def write_outputs(result, directory, step):
                          for w in result['misclassified'])
     with open(os.path.join(directory, 'report.json'), 'w') as f:
         json.dump(result, f, indent=1, ensure_ascii=False)
-    png = confusion_png(result['confusion_matrix'], [c['label'] for c in result['per_class']])
+    png = confusion_png(result['confusion_matrix'], [c['label'] for c in result['per_class']],
+                        '%s, step %s: accuracy %.4f on %d images' % (
+                            result.get('checkpoint', directory), step, result['top1'],
+                            result['num_examples']))
     with open(os.path.join(directory, 'confusion_matrix.png'), 'wb') as f:
         f.write(png)
     height, width = _png_size(png)
@@ -272,6 +278,12 @@ def plot_curves(checkpoint_dir):
     scalars = read_scalars(checkpoint_dir, [tag for _, tags in CURVES for tag in tags])
     if not scalars:
         return None
+    try:
+        settings = model.load_settings(checkpoint_dir)
+    except model.SettingsError:
+        settings = None
+    if settings and len(settings['class_ids']) <= TOP_K:
+        scalars.pop('accuracy_top5', None)  # top-5 of 5 classes or fewer is always 1
     plt = _pyplot()
     figure, panels = plt.subplots(len(CURVES), 1, figsize=(8, 9), sharex=True)
     for axes, (title, tags) in zip(panels, CURVES):
@@ -279,7 +291,7 @@ def plot_curves(checkpoint_dir):
             if tag in scalars:
                 steps, values = scalars[tag]
                 axes.plot(steps, values, marker='o' if len(steps) < 30 else None,
-                          label=tag.replace('_', ' '))
+                          label=tag.replace('_', ' ').replace('top5', 'top-%d' % TOP_K))
         axes.set_ylabel(title)
         axes.grid(alpha=0.3)
         if axes.lines:
@@ -298,8 +310,7 @@ def plot_curves(checkpoint_dir):
 # The command.
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Evaluate a trained VGG19 on a dataset split.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Evaluate a trained VGG19 on a dataset split.')
     model.add_checkpoint_flags(p)
     p.add_argument('--dataset', default=None,
                    help='dataset root (default: the one the model was trained on)')

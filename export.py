@@ -17,20 +17,19 @@ The settings record travels too, in OUT_DIR/assets.extra/settings.json. The grap
 as inference.py and evaluate.py predict by default (see hardware.py): the same probabilities on
 every machine, unless the server that loads it turns on a mixed-precision rewrite itself.
 """
+import logging
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+import shutil
+import sys
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import hardware  # noqa: E402
-import model  # noqa: E402
+import cli
+import data
+import model
 
 BYTES_SIGNATURE = 'serving_default'
 PIXELS_SIGNATURE = 'pixels'
@@ -91,11 +90,12 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
     settings, checkpoint = model.trained_model(checkpoint_dir, which, data.preprocessing_settings)
     staging = out_dir.rstrip('/') + '.partial'
     shutil.rmtree(staging, ignore_errors=True)  # an earlier export that was cut off
+    config = hardware.session_config()  # before the graph: its device listing is the quiet one
     try:
         with tf.Graph().as_default() as graph:
             signatures = build_signatures(settings, top_k)
             saver = tf.train.Saver(slim.get_model_variables())
-            with tf.Session(graph=graph, config=hardware.session_config()) as session:
+            with tf.Session(graph=graph, config=config) as session:
                 model.restore(saver, session, checkpoint)
                 builder = tf.saved_model.Builder(staging)
                 builder.add_meta_graph_and_variables(
@@ -127,8 +127,7 @@ def load_settings(saved_model_dir):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Export a trained VGG19 as a SavedModel.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Export a trained VGG19 as a SavedModel.')
     p.add_argument('out_dir', metavar='OUT_DIR',
                    help='a new directory, e.g. models/food/1 (TF Serving wants a version number)')
     model.add_checkpoint_flags(p)

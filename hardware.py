@@ -13,13 +13,45 @@ The precision policy, one rule for every command (`--precision auto`, the defaul
 A precision the machine cannot run is refused in one line: TensorFlow would quietly run float32
 under its name. The variables, and so the checkpoints, stay float32 in every mode.
 """
+import contextlib
+import functools
 import logging
 import os
 import re
+import sys
+import tempfile
 
-import tensorflow.compat.v1 as tf
-from tensorflow.core.protobuf import rewriter_config_pb2
-from tensorflow.python.client import device_lib
+
+# What TensorFlow's C++ start-up prints on every machine without a GPU, before its log level
+# applies: the same two lines at import (twice), and a cuInit error at the first device listing.
+NO_GPU_NOISE = re.compile(r'absl::InitializeLog\(\) is called|Could not find cuda drivers|'
+                          r'failed call to cuInit')
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Run the block with the C++ side's stderr held back, then pass on all of it except the
+    lines that only say this machine has no GPU (our own log says which device runs)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors='replace').splitlines(keepends=True)
+            sys.stderr.write(''.join(line for line in lines if not NO_GPU_NOISE.search(line)))
+
+
+# Every command imports this module before TensorFlow, so TensorFlow starts quietly.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+with quiet_native_stderr():
+    import tensorflow.compat.v1 as tf  # noqa: E402
+    from tensorflow.core.protobuf import rewriter_config_pb2  # noqa: E402
+    from tensorflow.python.client import device_lib  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +98,7 @@ def cpu_flags(cpuinfo='/proc/cpuinfo'):
     return set(cpu_info('flags', cpuinfo).split())
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_capabilities():
     """(major, minor) compute capability of each visible GPU.
 
@@ -76,7 +109,9 @@ def gpu_capabilities():
     config = tf.ConfigProto()
     config.gpu_options.allow_growth = True  # listing must not take the GPUs' memory
     found = []
-    for device in device_lib.list_local_devices(config):
+    with quiet_native_stderr():
+        devices = device_lib.list_local_devices(config)
+    for device in devices:
         if device.device_type == 'GPU':
             match = re.search(r'compute capability: (\d+)\.(\d+)', device.physical_device_desc)
             found.append((int(match.group(1)), int(match.group(2))) if match else (0, 0))
@@ -135,6 +170,7 @@ def session_config(precision='fp32', xla=False):
     The mixed precisions are graph rewrites: matmuls and convolutions run in 16 bits, the
     variables and the numerically sensitive ops (softmax, losses, updates) stay float32.
     """
+    gpu_capabilities()  # the process's first device listing, quiet: a Session's would not be
     config = tf.ConfigProto(allow_soft_placement=True)
     config.gpu_options.allow_growth = True
     rewrites = config.graph_options.rewrite_options

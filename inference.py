@@ -7,31 +7,29 @@
 Everything the model needs (classes, display names, image size, preprocessing) is read from the
 settings.json that training wrote beside the checkpoints (and export.py into the SavedModel).
 """
+import json
+import logging
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+import sys
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import imageio.v3 as iio  # noqa: E402
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import imageio.v3 as iio
+import numpy as np
+import PIL.Image
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import export  # noqa: E402
-import hardware  # noqa: E402
-import model  # noqa: E402
+import cli
+import data
+import export
+import model
 
 READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Predict the classes of images with a trained VGG19.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Predict the classes of images with a trained VGG19.')
     p.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
                    help='image files, or directories whose images are all predicted')
     model.add_checkpoint_flags(p)

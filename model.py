@@ -7,7 +7,6 @@ vgg_19/fc8/biases), so it restores as it is; the fully connected layers are conv
 
 turns Keras' VGG19 ImageNet weights into such a checkpoint, for train.py --pretrained.
 """
-import argparse
 import json
 import logging
 import os
@@ -16,10 +15,14 @@ import shutil
 import sys
 import warnings
 
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
+
 import h5py
 import numpy as np
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
+
+import cli
 
 # slim.dropout still goes through the Keras-1 layer API; the warning is slim's, not the user's.
 warnings.filterwarnings('ignore', message='`layer.apply` is deprecated')
@@ -629,7 +632,7 @@ def write_checkpoint(variables, path):
         saved = {name: tf.get_variable(name, value.shape, tf.float32,
                                        initializer=tf.zeros_initializer())
                  for name, value in variables.items()}
-        with tf.Session() as session:
+        with tf.Session(config=hardware.session_config()) as session:
             for name, variable in saved.items():
                 variable.load(variables[name], session)
             tf.train.Saver(saved).save(session, path, write_meta_graph=False, write_state=False)
@@ -679,7 +682,7 @@ def error_line(error):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='VGG19 model tools.')
+    p = cli.ArgumentParser(description='VGG19 model tools.')
     commands = p.add_subparsers(dest='command', required=True)
     convert = commands.add_parser(
         'convert-keras', help="Keras' VGG19 .h5 weights -> a slim checkpoint for --pretrained")

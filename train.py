@@ -10,25 +10,24 @@ the same command again resumes from the newest checkpoint, in the stage and at t
 learning-rate schedule where it stopped. The weights with the best validation accuracy are kept
 in --checkpoint-dir/best; curves.png (loss, learning rate, accuracy) is drawn when a run ends.
 """
+import logging
+import math
 import os
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ start-up chatter out
+import shutil
+import sys
+import time
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
-import numpy as np  # noqa: E402
-import tensorflow.compat.v1 as tf  # noqa: E402
-import tf_slim as slim  # noqa: E402
+import numpy as np
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
-import data  # noqa: E402
-import evaluate  # noqa: E402
-import hardware  # noqa: E402
-import model  # noqa: E402
-import parallel  # noqa: E402
+import cli
+import data
+import evaluate
+import model
+import parallel
 
 log = logging.getLogger('train')
 
@@ -42,12 +41,11 @@ FOOD101_URL = 'http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz'
 DEMO = dict(dataset='data/demo', pretrained='none', checkpoint_dir='checkpoints/demo',
             image_size=32, init='he', dropout_keep_prob=1.0, trainable_scopes='vgg_19/fc8',
             epochs=30, batch_size=32, val_batch_size=64, learning_rate=3e-4, validate_every=100,
-            save_every_secs=120)
+            save_every_secs=120, keep_checkpoints=1)  # each is the whole model: 559 MB
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Fine-tune VGG19 on labelled photos.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description='Fine-tune VGG19 on labelled photos.')
     p.add_argument('--demo', action='store_true',
                    help='train on a small dataset made from scikit-image photos (no download); '
                         'changes the defaults to %s' % DEMO)
@@ -59,8 +57,9 @@ def parse_args(argv=None):
                    help='where checkpoints, TensorBoard events and settings.json go')
     p.add_argument('--exclude-scopes', default=model.HEAD_SCOPE,
                    help='comma-separated variable scopes not restored from --pretrained')
-    p.add_argument('--init', choices=sorted(model.INITIALIZERS), default='xavier',
-                   help='initial weights of what --pretrained does not restore')
+    p.add_argument('--init', choices=['auto'] + sorted(model.INITIALIZERS), default='auto',
+                   help='initial weights of what --pretrained does not restore; auto: he with '
+                        '--pretrained none (xavier left 19 ReLU layers at chance), else xavier')
     p.add_argument('--trainable-scopes', default='',
                    help='comma-separated variable scopes to train (default: all); e.g. '
                         'vgg_19/fc6,vgg_19/fc7,vgg_19/fc8 to keep the convolutions as they are')
@@ -75,10 +74,13 @@ def parse_args(argv=None):
                    help='share of each class held out for validation when the dataset has '
                         'no split of its own')
     p.add_argument('--seed', type=int, default=0, help='seed of that split')
-    p.add_argument('--epochs', type=float, default=20)
+    p.add_argument('--epochs', type=float, default=20,
+                   help='passes over the training images (fractions allowed)')
     p.add_argument('--max-steps', type=int, default=0, help='cap on the step count (0: none)')
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--val-batch-size', type=int, default=128)
+    p.add_argument('--batch-size', type=int, default=64,
+                   help='images per step, over all towers of this machine')
+    p.add_argument('--val-batch-size', type=int, default=128,
+                   help='images per batch of the validation passes')
     p.add_argument('--learning-rate', type=float, default=1e-3,
                    help='learning rate at the start of the main schedule')
     p.add_argument('--schedule', choices=SCHEDULES, default='polynomial',
@@ -89,7 +91,8 @@ def parse_args(argv=None):
     p.add_argument('--decay-power', type=float, default=1.0, help='of the polynomial schedule')
     p.add_argument('--warmup-steps', type=int, default=0,
                    help='steps of linear warm-up at the start of the main schedule')
-    p.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum')
+    p.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum',
+                   help='the update rule of the main schedule and the head stage')
     p.add_argument('--momentum', type=float, default=0.9, help='for --optimizer momentum')
     p.add_argument('--label-smoothing', type=float, default=0.0,
                    help='share of each target spread evenly over all classes')
@@ -97,7 +100,8 @@ def parse_args(argv=None):
                    help='balanced: weigh each image by 1 / its class size, for imbalanced data')
     p.add_argument('--dropout-keep-prob', type=float, default=0.5,
                    help='share of fc6/fc7 activations kept by dropout in training')
-    p.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY)
+    p.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY,
+                   help="L2 penalty on the network's weights, as slim's vgg_arg_scope")
     p.add_argument('--validate-every', type=int, default=500,
                    help='steps between validations (also run at the end; 0: only at the end)')
     p.add_argument('--early-stopping', type=int, default=0, metavar='K',
@@ -110,7 +114,8 @@ def parse_args(argv=None):
     p.add_argument('--max-unreadable', type=float, default=0.1,
                    help='share of the dataset that may be unusable (undecodable or too large '
                         'images, left out and listed) before the run refuses to start')
-    p.add_argument('--summary-every', type=int, default=30, help='steps between summaries')
+    p.add_argument('--summary-every', type=int, default=10,
+                   help='steps between TensorBoard summaries (the points of curves.png)')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
     hardware.add_flags(p)
     add_parallel_flags(p)
@@ -118,6 +123,8 @@ def parse_args(argv=None):
     if args.demo:
         p.set_defaults(**DEMO)
         args = p.parse_args(argv)  # flags given on the command line still win
+    if args.init == 'auto':
+        args.init = 'he' if args.pretrained == 'none' else 'xavier'
     for flag in ('image_size', 'batch_size', 'val_batch_size', 'log_every', 'summary_every',
                  'save_every_secs', 'keep_checkpoints'):
         if getattr(args, flag) < 1:
@@ -335,12 +342,31 @@ def _short(value):
     return text if len(text) < 80 else text[:77] + '...'
 
 
-class LoggingHook(tf.train.SessionRunHook):
-    """Every `every` steps: step/total, loss, batch accuracy, learning rate, images/s, time left."""
+def time_left(step, last_step, seconds_a_step, validate_every=0, seconds_a_validation=0.0):
+    """Seconds from `step` to the end of the run: the steps still to go at the measured pace,
+    and the validations still to come (every `validate_every` steps, and one at the end)."""
+    validations = last_step // validate_every - step // validate_every if validate_every else 0
+    if not validate_every or last_step % validate_every:
+        validations += 1
+    return max(last_step - step, 0) * seconds_a_step + validations * seconds_a_validation
 
-    def __init__(self, tensors, last_step, batch_size, every):
+
+def clock(seconds):
+    """'1h02m', '3m05s' or '42s'."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return '%dh%02dm' % divmod(seconds // 60, 60)
+    return '%dm%02ds' % divmod(seconds, 60) if seconds >= 60 else '%ds' % seconds
+
+
+class LoggingHook(tf.train.SessionRunHook):
+    """Every `every` steps: step/total, loss, batch accuracy, learning rate, images/s, time left.
+    The pace leaves out the time of `validation`'s passes, and the time left counts them."""
+
+    def __init__(self, tensors, last_step, batch_size, every, validation=None):
         self._tensors, self._last_step = tensors, last_step
         self._batch_size, self._every = batch_size, every
+        self._validation = validation
         self._mark = None
         self._step = tf.train.get_global_step()
 
@@ -351,34 +377,41 @@ class LoggingHook(tf.train.SessionRunHook):
         values = run_values.results
         # Read after the update: a step fetched with train_op may come from before it.
         step, now = run_context.session.run(self._step), time.time()
+        validation = self._validation
+        validating = validation.seconds if validation else 0.0
         if self._mark is None:
-            self._mark = (step, now)
+            self._mark = (step, now, validating)
         elif step != self._mark[0] and (step % self._every == 0 or step >= self._last_step):
-            speed = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
-            left = max(self._last_step - step, 0) / max(speed, 1e-9)
+            stepping = max(now - self._mark[1] - (validating - self._mark[2]), 1e-9)
+            pace = stepping / (step - self._mark[0])
+            left = time_left(step, self._last_step, pace, validation.every if validation else 0,
+                             validation.seconds / validation.count
+                             if validation and validation.count else 0.0)
             log.info('step %d/%d  loss %.4f  total_loss %.4f  batch accuracy %.2f  lr %.3g  '
-                     '%.1f images/s  %dh%02dm left', step, self._last_step, values['loss'],
+                     '%.1f images/s  %s left', step, self._last_step, values['loss'],
                      values['total_loss'], values['train_accuracy'], values['learning_rate'],
-                     speed * self._batch_size, *divmod(left // 60, 60))
-            self._mark = (step, now)
+                     self._batch_size / pace, clock(left))
+            self._mark = (step, now, validating)
 
 
 class ValidationHook(tf.train.SessionRunHook):
-    """Top-1 and top-5 accuracy over the whole validation split, every `every` steps and at the
-    end, written to TensorBoard as `accuracy` and `accuracy_top5`. A better top-1 than the best
-    so far saves the weights into <checkpoint-dir>/best; with `patience`, training stops after
-    that many validations without one."""
+    """Top-1 and top-k (k = 5, or the number of classes) accuracy over the whole validation
+    split, every `every` steps and at the end, written to TensorBoard as `accuracy` and
+    `accuracy_top5`. A better top-1 than the best so far saves the weights into
+    <checkpoint-dir>/best; with `patience`, training stops after that many validations without
+    one. `seconds` and `count` add up the passes, for the time left."""
 
     def __init__(self, evaluation, num_examples, every, checkpoint_dir, best_saver, patience=0):
         self._initializer, self._fetches = evaluation
-        self._num_examples, self._every, self._dir = num_examples, every, checkpoint_dir
+        self._num_examples, self.every, self._dir = num_examples, every, checkpoint_dir
         self._best_saver, self._patience = best_saver, patience
+        self.seconds, self.count = 0.0, 0
         self._done_at = None
         self._step = tf.train.get_global_step()
 
     def after_run(self, run_context, run_values):
         step = run_context.session.run(self._step)
-        if self._every and step % self._every == 0 and step != self._done_at:
+        if self.every and step % self.every == 0 and step != self._done_at:
             if self.validate(run_context.session, step):
                 run_context.request_stop()
 
@@ -393,8 +426,11 @@ class ValidationHook(tf.train.SessionRunHook):
         predictions = evaluate.predict(session, self._initializer, self._fetches,
                                        self._num_examples)
         accuracy, accuracy5 = evaluate.accuracy(predictions['labels'], predictions['top'])
-        log.info('validation at step %d: accuracy %.4f  top-5 %.4f  (%d images, %.0f s)',
-                 step, accuracy, accuracy5, len(predictions['labels']), time.time() - start)
+        seconds = time.time() - start
+        self.seconds, self.count = self.seconds + seconds, self.count + 1
+        log.info('validation at step %d: accuracy %.4f  top-%d %.4f  (%d images, %.0f s)',
+                 step, accuracy, predictions['top'].shape[1], accuracy5,
+                 len(predictions['labels']), seconds)
         writer = tf.summary.FileWriterCache.get(self._dir)
         writer.add_summary(tf.Summary(value=[
             tf.Summary.Value(tag='accuracy', simple_value=accuracy),
@@ -497,6 +533,7 @@ def _train(args, extra_hooks):
         dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json'),
         max_share=args.max_unreadable, write_cache=chief,
         resize_side=data.resize_side_range(args.image_size)[0])  # validation's resize
+    data.check_classes(dataset)
     # Settings left by a run that never saved a checkpoint describe no model: replace them.
     previous = model.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)
@@ -589,16 +626,16 @@ def _train(args, extra_hooks):
                  len(tf.trainable_variables()),
                  'steps 0-%d' % args.head_steps if stage == 'head' else
                  'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
+    validation = ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
+                                best_saver, args.early_stopping) if chief else None
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
              LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
                           'train_accuracy': train_accuracy}, last_step, step_images,
-                         args.log_every)]
+                         args.log_every, validation)]
     if chief:  # what writes into --checkpoint-dir
         hooks += [tf.train.SummarySaverHook(save_steps=last_step + 1,
                                             output_dir=args.checkpoint_dir,
-                                            summary_op=inputs_summary),
-                  ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
-                                 best_saver, args.early_stopping)]
+                                            summary_op=inputs_summary), validation]
     hooks += list(extra_hooks)
     if args.task:
         hooks += sync_hooks + [parallel.StepCountHook(args.task)]

@@ -284,3 +284,26 @@ def test_train_pipeline_skips_a_bad_file_without_losing_its_batch(tmp_path):
     with tf.Session() as session:
         for _ in range(2):
             assert session.run(labels).tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize('counts, message', [
+    ({'cat': 5}, r'has 1 class \(cat\): a classifier needs two or more'),
+    ({'cat': 5, 'dog': 1}, 'class dog of .* has no validation images left'),
+])
+def test_a_dataset_that_cannot_be_learned_and_validated_is_refused(tmp_path, counts, message):
+    for c, n in counts.items():
+        for i in range(n):
+            _write(str(tmp_path / c / ('%d.jpg' % i)))
+    with pytest.raises(data.DatasetError, match=message):
+        data.check_classes(data.load_dataset(str(tmp_path)))
+
+
+def test_a_class_whose_images_are_all_unreadable_is_refused(tmp_path):
+    for i in range(3):
+        _write(str(tmp_path / 'cat' / ('%d.jpg' % i)))
+        (tmp_path / 'dog').mkdir(exist_ok=True)
+        (tmp_path / 'dog' / ('%d.jpg' % i)).write_bytes(b'not a picture')
+    kept = data.drop_unreadable(data.load_dataset(str(tmp_path)))
+    with pytest.raises(data.DatasetError, match='class dog of .* has no training images left'):
+        data.check_classes(kept)
+    data.check_classes(data.load_dataset(str(tmp_path)))  # before the check: two full classes

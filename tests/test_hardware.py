@@ -1,5 +1,8 @@
 """hardware.py: which precision for which machine, and the session it makes."""
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 import hardware
+from conftest import ROOT
 
 ON = rewriter_config_pb2.RewriterConfig.ON
 # The flags of each kind of CPU this project lands on, as /proc/cpuinfo lists them.
@@ -152,3 +156,21 @@ def test_fp16_gets_dynamic_loss_scaling_and_the_others_the_optimizer_as_it_is():
         session.run(tf.global_variables_initializer())
         session.run(step)
         assert session.run(w) == pytest.approx(1 - 0.1 * 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('command', ['train.py', 'evaluate.py', 'inference.py', 'export.py',
+                                     'model.py'])
+def test_help_prints_nothing_of_tensorflow(command):
+    # TensorFlow's C++ start-up prints its CUDA probes (twice) on a machine without a GPU.
+    result = subprocess.run([sys.executable, os.path.join(ROOT, command), '--help'],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and 'usage:' in result.stdout and result.stderr == ''
+
+
+def test_native_stderr_passes_on_all_but_the_no_gpu_lines(capfd):
+    with hardware.quiet_native_stderr():
+        os.write(2, b'I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine\n'
+                    b'E0000 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n'
+                    b'W0000 something that matters\n')
+    assert capfd.readouterr().err == 'W0000 something that matters\n'

@@ -11,13 +11,14 @@ import sys
 import time
 
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow.compat.v1 as tf
 
 import evaluate
 import inference
 import train
-from conftest import ROOT
+from conftest import ROOT, random_image
 
 
 def test_total_steps():
@@ -405,3 +406,34 @@ def test_early_stopping_after_validations_without_progress(photo_dataset, tmp_pa
     assert 'early stopping: no better accuracy in 2 validations since step 1' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-3')
     assert train.model.load_best(out)['step'] == 1
+
+
+def test_a_dataset_of_one_class_is_a_one_line_error(tmp_path, capsys):
+    # It used to train, and report validation accuracy 1.0.
+    (tmp_path / 'only').mkdir()
+    for i in range(4):
+        PIL.Image.fromarray(random_image(40, 40)).save(str(tmp_path / 'only' / ('%d.jpg' % i)))
+    assert train.main(['--dataset', str(tmp_path), '--pretrained', 'none',
+                       '--checkpoint-dir', str(tmp_path / 'run')]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        'has 1 class (only): a classifier needs two or more, one folder of images each')
+
+
+def test_time_left_counts_the_validations_still_to_come():
+    assert train.time_left(0, 100, 1.0, 0, 5.0) == 100 + 5  # the one at the end
+    # Validations at 30, 60, 90, and at the end (100): 4 of them.
+    assert train.time_left(10, 100, 2.0, 30, 4.0) == 90 * 2 + 4 * 4
+    assert train.time_left(30, 90, 1.0, 30, 10.0) == 60 + 2 * 10  # 60, 90 (the end)
+    assert train.time_left(100, 100, 1.0, 30, 10.0) == 10  # the last step's, still to run
+
+
+def test_clock_reads_in_minutes_and_seconds_below_an_hour():
+    assert [train.clock(s) for s in (42, 59.6, 65, 3599, 3725)] == [
+        '42s', '1m00s', '1m05s', '59m59s', '1h02m']
+
+
+def test_training_from_scratch_starts_from_he_initialisation():
+    # Glorot's scale shrinks the signal through 19 ReLU layers: from scratch it sat at chance.
+    assert train.parse_args(['--pretrained', 'none']).init == 'he'
+    assert train.parse_args([]).init == 'xavier'  # the new head over ImageNet weights, as slim
+    assert train.parse_args(['--pretrained', 'none', '--init', 'xavier']).init == 'xavier'
