@@ -32,9 +32,10 @@ class ArgumentParser(argparse.ArgumentParser):
         if message.startswith(prefix):
             message = '; '.join(self.unknown(arg) for arg in message[len(prefix):].split()
                                 if arg.startswith('-')) or message
-        self.exit(2, '%s: error: %s (%s -h lists the flags)\n' % (self.prog, message, self.prog))
+        self.exit(2, '%s: error: %s\n' % (self.prog, message))
 
     def unknown(self, flag):
-        """'no flag --datset: did you mean --dataset?', or without the question."""
+        """'no flag --datset: did you mean --dataset?', or where none is near, where to look."""
         near = difflib.get_close_matches(flag.split('=')[0], self._option_string_actions, n=1)
-        return 'no flag %s' % flag + (': did you mean %s?' % near[0] if near else '')
+        return 'no flag %s' % flag + (': did you mean %s?' % near[0] if near else
+                                      ' (%s -h lists the flags)' % self.prog)

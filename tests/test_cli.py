@@ -22,8 +22,7 @@ def test_an_abbreviated_flag_is_not_taken_for_the_real_one(capsys, monkeypatch):
     # argparse's default would train everything's scopes under a typo's meaning.
     code, err = _error(train.parse_args, ['--trainable-scope', 'vgg_19/fc8'], capsys, monkeypatch)
     assert code == 2
-    assert err == ('train.py: error: no flag --trainable-scope: did you mean --trainable-scopes? '
-                   '(train.py -h lists the flags)\n')
+    assert err == 'train.py: error: no flag --trainable-scope: did you mean --trainable-scopes?\n'
 
 
 def test_a_misspelt_flag_gets_the_nearest_real_one_in_one_line(capsys, monkeypatch):
@@ -34,13 +33,12 @@ def test_a_misspelt_flag_gets_the_nearest_real_one_in_one_line(capsys, monkeypat
     code, err = _error(evaluate.parse_args, ['--batchsize=8'], capsys, monkeypatch)
     assert 'no flag --batchsize=8: did you mean --batch-size?' in err
     code, err = _error(inference.parse_args, ['x.jpg', '--zzzzzz'], capsys, monkeypatch)
-    assert err.startswith('inference.py: error: no flag --zzzzzz (') and err.count('\n') == 1
+    assert err == 'inference.py: error: no flag --zzzzzz (inference.py -h lists the flags)\n'
 
 
 def test_a_bad_value_is_one_line(capsys, monkeypatch):
     code, err = _error(train.parse_args, ['--epochs', 'many'], capsys, monkeypatch)
-    assert code == 2 and err == ("train.py: error: argument --epochs: invalid float value: "
-                                 "'many' (train.py -h lists the flags)\n")
+    assert code == 2 and err == "train.py: error: argument --epochs: invalid float value: 'many'\n"
 
 
 def test_every_flag_of_train_shows_its_default_once(capsys, monkeypatch):
