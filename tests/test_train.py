@@ -5,17 +5,22 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow.compat.v1 as tf
 
+import data
 import evaluate
 import inference
+import model
+import tiny_train
 import train
 from conftest import ROOT
 
@@ -405,3 +410,99 @@ def test_early_stopping_after_validations_without_progress(photo_dataset, tmp_pa
     assert 'early stopping: no better accuracy in 2 validations since step 1' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-3')
     assert train.model.load_best(out)['step'] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs of train.py with tests/tiny_train.py's two-layer network in place of VGG19: what these
+# check (the loss, the data, the checkpoint directory across restarts) is train.py's, and a
+# step takes milliseconds, not seconds.
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(model, 'vgg_19', tiny_train.tiny_vgg_19)
+
+
+# fp32 on every CPU kind: the loss is compared with a formula in float64.
+TINY = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--log-every', '1',
+        '--summary-every', '1', '--save-every-secs', '3600', '--precision', 'fp32']
+
+
+def _colour_dataset(root, per_class=10):
+    """Three classes of noisy squares, mostly blue, green or red: told apart by colour alone."""
+    rng = np.random.RandomState(0)
+    for channel, name in enumerate(('red', 'green', 'blue')):
+        os.makedirs(os.path.join(root, name))
+        for i in range(per_class):
+            image = rng.randint(0, 100, [40, 40, 3])
+            image[..., channel] += 150
+            PIL.Image.fromarray(image.astype(np.uint8)).save(
+                os.path.join(root, name, '%d.png' % i))
+    return root
+
+
+@pytest.mark.slow
+def test_training_learns(tiny, tmp_path):
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', _colour_dataset(str(tmp_path / 'colours')), '--checkpoint-dir', out,
+             '--max-steps', '60', '--validate-every', '0', '--learning-rate', '1e-4',
+             '--schedule', 'constant'] + TINY
+    assert train.main(flags) == 0
+    steps, losses = evaluate.read_scalars(out, ['loss'])['loss']
+    assert steps == list(range(1, 61))
+    # ln 3 = 1.1 at chance; the first steps, from random weights, lie far above it.
+    assert np.mean(losses[-10:]) < 0.1 < np.mean(losses[:10]) / 10, losses
+    steps, accuracy = evaluate.read_scalars(out, ['accuracy'])['accuracy']
+    assert steps == [60] and accuracy == [1.0]  # 6 validation images; chance 1/3
+
+
+class _Fetch(tf.train.SessionRunHook):
+    """The values of `fetches()` (made once the graph is built) at every step."""
+
+    def __init__(self, fetches):
+        self._make, self.values = fetches, []
+
+    def begin(self):
+        self._fetches = self._make()
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self._fetches)
+
+    def after_run(self, run_context, run_values):
+        self.values.append(run_values.results)
+
+
+@pytest.mark.slow
+def test_label_smoothing_and_class_weights_reach_the_loss(tiny, tmp_path, photo_dataset,
+                                                          monkeypatch):
+    # Imbalanced: coffee keeps 3 of its 8 photos, so 2 for training (and 6 of each other).
+    root = str(tmp_path / 'imbalanced')
+    shutil.copytree(photo_dataset, root)
+    for name in sorted(os.listdir(os.path.join(root, 'coffee')))[3:]:
+        os.remove(os.path.join(root, 'coffee', name))
+    towers, tower_loss = [], train.tower_loss
+
+    def recorded(images, labels, *args, **kwargs):
+        towers.append(dict(tower_loss(images, labels, *args, **kwargs), labels=labels))
+        return towers[-1]
+    monkeypatch.setattr(train, 'tower_loss', recorded)
+    fetch = _Fetch(lambda: {key: towers[0][key] for key in ('logits', 'labels', 'loss')})
+    smoothing = 0.2
+    _train(['--dataset', root, '--checkpoint-dir', str(tmp_path / 'run'), '--max-steps', '5',
+            '--validate-every', '0', '--label-smoothing', str(smoothing),
+            '--class-weights', 'balanced'] + TINY, [fetch])
+    assert len(towers) == 1 and len(fetch.values) == 5
+    # README: the true class's target is 1 - s + s/K, every other class's s/K; each image
+    # weighs images / (classes x images of its class): 14 / (3 x 6) and 14 / (3 x 2).
+    counts = np.bincount(data.load_dataset(root).train.labels)
+    assert counts.tolist() == [6, 6, 2]
+    weight = 14 / (3 * counts)
+    for value in fetch.values:
+        logits = value['logits'].astype(np.float64)
+        log_p = logits - logits.max(1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        target = np.full(logits.shape, smoothing / 3)
+        target[np.arange(4), value['labels']] = 1 - smoothing + smoothing / 3
+        expected = np.mean(weight[value['labels']] * -(target * log_p).sum(1))
+        assert value['loss'] == pytest.approx(expected, rel=1e-5)
+    # A batch of 4 from 14 images, 2 of them coffee: over 5 steps, some hold both weights.
+    assert len({w for value in fetch.values for w in weight[value['labels']]}) == 2
