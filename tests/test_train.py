@@ -506,3 +506,55 @@ def test_label_smoothing_and_class_weights_reach_the_loss(tiny, tmp_path, photo_
         assert value['loss'] == pytest.approx(expected, rel=1e-5)
     # A batch of 4 from 14 images, 2 of them coffee: over 5 steps, some hold both weights.
     assert len({w for value in fetch.values for w in weight[value['labels']]}) == 2
+
+
+def _checkpoint_steps(directory):
+    return sorted(int(n.split('-')[1].split('.')[0]) for n in os.listdir(directory)
+                  if n.startswith('model.ckpt-') and n.endswith('.index'))
+
+
+@pytest.mark.slow
+def test_keep_checkpoints_keeps_that_many_across_restarts(tiny, tmp_path, photo_dataset):
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out, '--validate-every', '0',
+             '--save-every-steps', '1', '--keep-checkpoints', '2'] + TINY
+    assert train.main(flags + ['--max-steps', '6']) == 0
+    assert _checkpoint_steps(out) == [5, 6]
+    assert train.main(flags + ['--max-steps', '9']) == 0
+    assert _checkpoint_steps(out) == [8, 9]
+    state = tf.train.get_checkpoint_state(out)
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+        'model.ckpt-8', 'model.ckpt-9']
+
+
+@pytest.mark.slow
+def test_resuming_with_other_classes_is_refused(tiny, tmp_path, photo_dataset, capsys):
+    root, out = str(tmp_path / 'photos'), str(tmp_path / 'run')
+    shutil.copytree(photo_dataset, root)
+    flags = ['--dataset', root, '--checkpoint-dir', out, '--max-steps', '1',
+             '--validate-every', '0'] + TINY
+    assert train.main(flags) == 0
+    # As many classes as before (the same head shape), under another name.
+    os.rename(os.path.join(root, 'coffee'), os.path.join(root, 'tea'))
+    assert train.main(flags + ['--max-steps', '2']) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "train.py: error: %s holds a model trained with other classes (['astronaut', 'camera', "
+        "'coffee']) than this run (['astronaut', 'camera', 'tea']): use a new --checkpoint-dir"
+        % out)
+    assert _checkpoint_steps(out) == [0, 1]  # nothing written
+
+
+@pytest.mark.slow
+def test_early_stopping_counts_the_validations_before_a_restart(tiny, tmp_path, photo_dataset,
+                                                                caplog):
+    caplog.set_level(logging.INFO)
+    out = str(tmp_path / 'run')
+    # Too small a learning rate to move a float32 weight: every validation ties the first.
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out, '--learning-rate', '1e-15',
+             '--end-learning-rate', '1e-15', '--schedule', 'constant', '--validate-every', '1',
+             '--early-stopping', '3'] + TINY
+    assert train.main(flags + ['--max-steps', '2']) == 0  # the best at step 1, then one more
+    assert train.model.load_best(out)['step'] == 1
+    assert train.main(flags + ['--max-steps', '20']) == 0  # two more, at steps 3 and 4
+    assert 'early stopping: no better accuracy in 3 validations since step 1' in caplog.text
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-4')
