@@ -233,15 +233,13 @@ def _names(directory):
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
 
 
-def _kill_when(process, log_path, directory, ready, delay=0.0, timeout=120):
-    """Wait until `ready(log text, file names)` holds, then `delay` seconds, then kill -9 the
-    process group."""
+def _kill_when(process, log_path, directory, ready, timeout=600):
+    """Wait until `ready(log text, file names)` holds, then kill -9 the process group."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         with open(log_path) as f:
             text = f.read()
         if ready(text, _names(directory)):
-            time.sleep(delay)
             assert process.poll() is None, 'ended before the kill'
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
@@ -266,9 +264,9 @@ def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_en
         return 'stage from step' in text and any(
             n.endswith('_temp') and _step(n[:-len('_temp')]) > max(resumed, 0) for n in names)
 
-    def stepped(text, names):  # a step past the last resume has run
+    def stepped(text, names):  # the run has logged step `target` (set below) or a later one
         steps = re.findall(r'step (\d+)/', text)
-        return bool(steps) and int(steps[-1]) > resumed
+        return bool(steps) and int(steps[-1]) >= target
     # Before the fourth start the state file is garbage, which TensorFlow alone would take
     # for no checkpoint at all.
     moments = [saving, stepped, saving, stepped, saving, None]
@@ -281,12 +279,16 @@ def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_en
         with open(log_path, 'w') as log:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
                                        start_new_session=True)
+        # A random step 2 to 4 past where this run resumes (a run does not log its first
+        # step), read from the log: a sleep instead would stand for another number of steps,
+        # or the end, on a loaded machine.
+        target = rng.randint(max(named, 0) + 2, max(named, 0) + 4)
+        assert moment is not stepped or target < last_step, (attempt, named)
         try:
             if moment:
-                _kill_when(process, log_path, out, moment,
-                           rng.uniform(0, 2) if moment is stepped else 0.0)
+                _kill_when(process, log_path, out, moment)
             else:
-                assert process.wait(timeout=240) == 0
+                assert process.wait(timeout=600) == 0
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
