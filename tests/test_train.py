@@ -428,13 +428,15 @@ TINY = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--lo
 
 
 def _colour_dataset(root, per_class=10):
-    """Three classes of noisy squares, mostly blue, green or red: told apart by colour alone."""
+    """Three classes of noisy grey squares, a little red, green or blue: told apart by colour
+    alone. Near the means, so that they make small inputs: the random first weights give logits
+    near 0, a loss near ln 3, and gradients that are not saturated."""
     rng = np.random.RandomState(0)
     for channel, name in enumerate(('red', 'green', 'blue')):
         os.makedirs(os.path.join(root, name))
         for i in range(per_class):
-            image = rng.randint(0, 100, [40, 40, 3])
-            image[..., channel] += 150
+            image = np.round(data.MEANS) + rng.randint(-1, 2, [40, 40, 3])
+            image[..., channel] += 4
             PIL.Image.fromarray(image.astype(np.uint8)).save(
                 os.path.join(root, name, '%d.png' % i))
     return root
@@ -444,13 +446,14 @@ def _colour_dataset(root, per_class=10):
 def test_training_learns(tiny, tmp_path):
     out = str(tmp_path / 'run')
     flags = ['--dataset', _colour_dataset(str(tmp_path / 'colours')), '--checkpoint-dir', out,
-             '--max-steps', '60', '--validate-every', '0', '--learning-rate', '1e-4',
+             '--max-steps', '60', '--validate-every', '0', '--learning-rate', '0.01',
              '--schedule', 'constant'] + TINY
     assert train.main(flags) == 0
     steps, losses = evaluate.read_scalars(out, ['loss'])['loss']
     assert steps == list(range(1, 61))
-    # ln 3 = 1.1 at chance; the first steps, from random weights, lie far above it.
-    assert np.mean(losses[-10:]) < 0.1 < np.mean(losses[:10]) / 10, losses
+    # From near ln 3 = 1.1 (chance) at the start to ~0.005 (measured); labels that do not
+    # belong to their images cannot go under ~1 on average.
+    assert np.mean(losses[-10:]) < 0.1, losses
     steps, accuracy = evaluate.read_scalars(out, ['accuracy'])['accuracy']
     assert steps == [60] and accuracy == [1.0]  # 6 validation images; chance 1/3
 
