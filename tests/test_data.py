@@ -171,21 +171,72 @@ def test_drop_unreadable_reports_once_and_caches(tmp_path, monkeypatch, caplog):
     assert data.drop_unreadable(ds, cache) == kept
 
 
+def test_a_file_repaired_after_the_check_is_checked_again(tmp_path, caplog):
+    good = _write(str(tmp_path / 'good.jpg'))
+    with open(good, 'rb') as f:
+        jpeg = f.read()
+    # Damaged, then repaired in place to the same size: only its modification time tells.
+    fixed = str(tmp_path / 'fixed.jpg')
+    with open(fixed, 'wb') as f:
+        f.write(b'\0' * 4 + jpeg[4:])
+    os.utime(fixed, ns=(10 ** 18, 10 ** 18))
+    ds = data.Dataset('r', 'test', ['x'], ['x'], data.Split([good, fixed], [0, 0]),
+                      data.Split([good], [0]))
+    cache = str(tmp_path / 'unreadable.json')
+    assert data.drop_unreadable(ds, cache).train.paths == [good]
+    with open(fixed, 'wb') as f:
+        f.write(jpeg)
+    os.utime(fixed, ns=(10 ** 18 + 10 ** 9, 10 ** 18 + 10 ** 9))
+    caplog.clear()
+    assert data.drop_unreadable(ds, cache).train.paths == [good, fixed]
+    assert 'cannot be decoded' not in caplog.text
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG'])
+def test_training_flips_about_half_the_crops(tmp_path, fmt):
+    # Red rising left to right: a crop shows it rising, unless it was flipped.
+    image = np.zeros([60, 80, 3], np.uint8)
+    image[..., 0] = np.arange(80)[None, :] * 3
+    out = data.decode_for_train(tf.io.read_file(_write(str(tmp_path / 'a.img'), image, fmt=fmt,
+                                                       quality=95)), 32)
+    runs = 200
+    with tf.Session() as session:
+        falling = sum(int(np.sign(np.diff(session.run(out)[..., 0], axis=1).mean()) < 0)
+                      for _ in range(runs))
+    # Binomial(200, 1/2): 100 +- 7; outside 70..130 by chance once in ~40,000 runs.
+    assert 70 <= falling <= 130, falling
+
+
 def _run(tensor):
     with tf.Session() as session:
         return session.run(tensor)
 
 
-def test_eval_preprocessing_crops_the_centre_of_a_landscape_image():
-    # Column index as the red channel: the crop's columns tell where it was taken from.
-    height, width, size = 100, 300, 50
+@pytest.mark.parametrize('height, width, size, top, left', [
+    # The short side goes to 57 (256 * 50 / 224, rounded), the long one to 240 * 57 / 100 =
+    # 136.8, rounded to 137; the central 50 of 57 start at 3, of 137 at 43.
+    (100, 240, 50, 3, 43),  # landscape
+    (240, 100, 50, 43, 3),  # portrait
+])
+def test_eval_preprocessing_is_the_central_crop_of_the_short_side_at_the_scaled_256(
+        height, width, size, top, left):
+    # Column index in red, row index in green: a linear ramp, which a bilinear resize keeps
+    # exact away from the borders, so every pixel of the crop says where it was sampled.
     image = np.zeros([height, width, 3], np.uint8)
-    image[..., 0] = (np.arange(width) * 255 // (width - 1))[None, :]
-    out = _run(data.preprocess_for_eval(tf.constant(image), size))
+    image[..., 0] = np.arange(width)[None, :]
+    image[..., 1] = np.arange(height)[:, None]
+    image[..., 2] = 7
+    out = _run(data.preprocess_for_eval(tf.constant(image), size)) + data.MEANS
     assert out.shape == (size, size, 3)
-    red = out[..., 0] + data.R_MEAN
-    # The short side goes to 57 (256 * 50 / 224), so the width to 171: columns 60..110 of it.
-    assert abs(red.mean() - 127.5) < 3
+    resized = (57, 137) if height < width else (137, 57)
+    # Half-pixel centres: output pixel k of n samples the input at (k + 0.5) * in / n - 0.5.
+    rows = (np.arange(size) + top + 0.5) * height / resized[0] - 0.5
+    columns = (np.arange(size) + left + 0.5) * width / resized[1] - 0.5
+    np.testing.assert_allclose(out[..., 0], np.broadcast_to(columns[None, :], (size, size)),
+                               atol=0.01)
+    np.testing.assert_allclose(out[..., 1], np.broadcast_to(rows[:, None], (size, size)),
+                               atol=0.01)
+    np.testing.assert_allclose(out[..., 2], 7, atol=1e-4)
 
 
 def test_preprocessing_subtracts_the_vgg_means_and_keeps_0_255():

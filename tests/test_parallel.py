@@ -287,14 +287,18 @@ class Cluster:
             raise AssertionError('%s still running after %d s:\n%s' % (name, timeout, self.logs()))
 
     def kill(self, name, signum=signal.SIGKILL):
+        """Send `signum` to the process group of `name`; wait for its end unless the signal
+        stops or continues it."""
         process = self.processes[name]
         if process.poll() is None:
             os.killpg(process.pid, signum)
-        process.wait(30)
+        if signum not in (signal.SIGSTOP, signal.SIGCONT):
+            process.wait(30)
 
     def close(self):
         for name in self.processes:
             try:
+                self.kill(name, signal.SIGCONT)  # a stopped process dies only when continued
                 self.kill(name)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
@@ -332,7 +336,7 @@ def cluster(tmp_path, photo_dataset):
 def test_cluster_trains_with_both_workers_and_only_the_chief_writes(cluster):
     c = cluster(step_secs=0.02)
     c.start_all('--max-steps', '60')
-    assert c.wait('w0', 120) == 0 and c.wait('w1', 120) == 0, c.logs()
+    assert c.wait('w0', 600) == 0 and c.wait('w1', 600) == 0, c.logs()
     ran = c.steps_ran('w0') + c.steps_ran('w1')
     assert len(ran) == 2 and min(ran) > 0 and sum(ran) >= 60, ran  # both contributed
     assert 60 <= c.last_checkpoint_step() <= 61  # a step in flight may land after the last
@@ -346,12 +350,18 @@ def test_cluster_trains_with_both_workers_and_only_the_chief_writes(cluster):
 @pytest.mark.slow
 def test_a_killed_worker_rejoins_and_the_run_reaches_its_last_step(cluster):
     c = cluster(step_secs=0.05)
-    c.start_all('--max-steps', '400')  # worker 0 alone takes ~25 s of them: time to rejoin
-    c.wait_for(lambda: 'session ready' in c.log('w1') and c.logged_step() >= 20, 120,
+    c.start_all('--max-steps', '400')
+    c.wait_for(lambda: 'session ready' in c.log('w1') and c.logged_step() >= 20, 600,
                'step 20 with worker 1 in')
     c.kill('w1')
+    # Worker 0 waits, stopped, until the new worker 1 has stepped: however long its start takes
+    # on a loaded machine, the run cannot end without it.
+    c.kill('w0', signal.SIGSTOP)
     c.start('w1', '--max-steps', '400')
-    assert c.wait('w0', 180) == 0 and c.wait('w1', 120) == 0, c.logs()
+    c.wait_for(lambda: re.search(r'step \d+/400', c.log('w1').split('session ready')[-1])
+               and c.log('w1').count('session ready') == 2, 600, 'a step of the new worker 1')
+    c.kill('w0', signal.SIGCONT)
+    assert c.wait('w0', 600) == 0 and c.wait('w1', 600) == 0, c.logs()
     ran = c.steps_ran('w1')
     assert len(ran) == 1 and ran[0] > 0, c.logs()  # the killed run says nothing: the new one
     assert c.log('w1').count('session ready') == 2
@@ -362,17 +372,17 @@ def test_a_killed_worker_rejoins_and_the_run_reaches_its_last_step(cluster):
 def test_workers_recover_from_the_last_checkpoint_when_the_ps_restarts(cluster):
     c = cluster(step_secs=0.05)
     c.start_all('--max-steps', '200', '--save-every-secs', '1')
-    c.wait_for(lambda: c.last_checkpoint_step() >= 20, 120, 'a checkpoint after step 20')
+    c.wait_for(lambda: c.last_checkpoint_step() >= 20, 600, 'a checkpoint after step 20')
     c.kill('ps')
-    # A save the ps finished just before it died still lands in the state file: let it settle.
-    time.sleep(3)
     saved = c.last_checkpoint_step()
     c.start('ps')
-    assert c.wait('w0', 240) == 0 and c.wait('w1', 120) == 0, c.logs()
-    # The chief made a new session, at the step of the last checkpoint, which it restored.
+    assert c.wait('w0', 600) == 0 and c.wait('w1', 600) == 0, c.logs()
+    # The chief made a new session, at the step of the last checkpoint, which it restored: the
+    # one named at the kill, or the next, if the ps finished it just before it died and the
+    # chief named it after (a save a second; two workers step at most 20 times a second each).
     steps = [int(s) for s in re.findall(r'worker:0: session ready at global step (\d+)',
                                         c.log('w0'))]
-    assert len(steps) >= 2 and steps[-1] == saved, (saved, steps, c.logs())
+    assert len(steps) >= 2 and saved <= steps[-1] <= saved + 45, (saved, steps, c.logs())
     assert 200 <= c.last_checkpoint_step() <= 201
 
 
@@ -383,11 +393,10 @@ def test_synchronous_training_ends_for_all_when_one_worker_ends(cluster, chief_s
     worker waiting for a token, or the chief for a gradient, forever."""
     c = cluster(step_secs=0.02)
     c.start('ps')
-    start = time.time()
     c.start('w0', '--sync-replicas', '--max-steps', str(chief_steps))
     c.start('w1', '--sync-replicas', '--max-steps', '30')
-    assert c.wait('w1', 120) == 0 and c.wait('w0', 60) == 0, c.logs()
-    assert time.time() - start < 120
+    # Deadlines only for a hang: the step count, not the time, tells that the chief stopped.
+    assert c.wait('w1', 600) == 0 and c.wait('w0', 600) == 0, c.logs()
     step = c.last_checkpoint_step()
     assert 30 <= step <= 32, step  # one step in flight, not the 1000 the chief was told
     if chief_steps > 30:
@@ -403,7 +412,7 @@ def test_a_cluster_on_bfloat16_cpus_trains_to_its_end_with_the_default_precision
     # distributed runtime, where every worker died at its first step: the cluster takes fp32.
     c = cluster(cpu_flags={'fma', 'avx2', 'avx512f', cpu})
     c.start_all('--max-steps', '20')
-    assert c.wait('w0', 300) == 0 and c.wait('w1', 300) == 0, c.logs()
+    assert c.wait('w0', 600) == 0 and c.wait('w1', 600) == 0, c.logs()
     for name in ('w0', 'w1'):
         assert 'precision fp32: the CPU runs bfloat16 natively (%s), but not in a cluster' % cpu \
             in c.log(name)

@@ -5,6 +5,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,11 @@ import PIL.Image
 import pytest
 import tensorflow.compat.v1 as tf
 
+import data
 import evaluate
 import inference
+import model
+import tiny_train
 import train
 from conftest import ROOT, random_image
 
@@ -437,3 +441,154 @@ def test_training_from_scratch_starts_from_he_initialisation():
     assert train.parse_args(['--pretrained', 'none']).init == 'he'
     assert train.parse_args([]).init == 'xavier'  # the new head over ImageNet weights, as slim
     assert train.parse_args(['--pretrained', 'none', '--init', 'xavier']).init == 'xavier'
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs of train.py with tests/tiny_train.py's two-layer network in place of VGG19: what these
+# check (the loss, the data, the checkpoint directory across restarts) is train.py's, and a
+# step takes milliseconds, not seconds.
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(model, 'vgg_19', tiny_train.tiny_vgg_19)
+
+
+# fp32 on every CPU kind: the loss is compared with a formula in float64.
+TINY = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--log-every', '1',
+        '--summary-every', '1', '--save-every-secs', '3600', '--precision', 'fp32']
+
+
+def _colour_dataset(root, per_class=10):
+    """Three classes of noisy grey squares, a little red, green or blue: told apart by colour
+    alone. Near the means, so that they make small inputs: the random first weights give logits
+    near 0, a loss near ln 3, and gradients that are not saturated."""
+    rng = np.random.RandomState(0)
+    for channel, name in enumerate(('red', 'green', 'blue')):
+        os.makedirs(os.path.join(root, name))
+        for i in range(per_class):
+            image = np.round(data.MEANS) + rng.randint(-1, 2, [40, 40, 3])
+            image[..., channel] += 4
+            PIL.Image.fromarray(image.astype(np.uint8)).save(
+                os.path.join(root, name, '%d.png' % i))
+    return root
+
+
+@pytest.mark.slow
+def test_training_learns(tiny, tmp_path):
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', _colour_dataset(str(tmp_path / 'colours')), '--checkpoint-dir', out,
+             '--max-steps', '60', '--validate-every', '0', '--learning-rate', '0.01',
+             '--schedule', 'constant'] + TINY
+    assert train.main(flags) == 0
+    steps, losses = evaluate.read_scalars(out, ['loss'])['loss']
+    assert steps == list(range(1, 61))
+    # From near ln 3 = 1.1 (chance) at the start to ~0.005 (measured); labels that do not
+    # belong to their images cannot go under ~1 on average.
+    assert np.mean(losses[-10:]) < 0.1, losses
+    steps, accuracy = evaluate.read_scalars(out, ['accuracy'])['accuracy']
+    assert steps == [60] and accuracy == [1.0]  # 6 validation images; chance 1/3
+
+
+class _Fetch(tf.train.SessionRunHook):
+    """The values of `fetches()` (made once the graph is built) at every step."""
+
+    def __init__(self, fetches):
+        self._make, self.values = fetches, []
+
+    def begin(self):
+        self._fetches = self._make()
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self._fetches)
+
+    def after_run(self, run_context, run_values):
+        self.values.append(run_values.results)
+
+
+@pytest.mark.slow
+def test_label_smoothing_and_class_weights_reach_the_loss(tiny, tmp_path, photo_dataset,
+                                                          monkeypatch):
+    # Imbalanced: coffee keeps 3 of its 8 photos, so 2 for training (and 6 of each other).
+    root = str(tmp_path / 'imbalanced')
+    shutil.copytree(photo_dataset, root)
+    for name in sorted(os.listdir(os.path.join(root, 'coffee')))[3:]:
+        os.remove(os.path.join(root, 'coffee', name))
+    towers, tower_loss = [], train.tower_loss
+
+    def recorded(images, labels, *args, **kwargs):
+        towers.append(dict(tower_loss(images, labels, *args, **kwargs), labels=labels))
+        return towers[-1]
+    monkeypatch.setattr(train, 'tower_loss', recorded)
+    fetch = _Fetch(lambda: {key: towers[0][key] for key in ('logits', 'labels', 'loss')})
+    smoothing = 0.2
+    _train(['--dataset', root, '--checkpoint-dir', str(tmp_path / 'run'), '--max-steps', '5',
+            '--validate-every', '0', '--label-smoothing', str(smoothing),
+            '--class-weights', 'balanced'] + TINY, [fetch])
+    assert len(towers) == 1 and len(fetch.values) == 5
+    # README: the true class's target is 1 - s + s/K, every other class's s/K; each image
+    # weighs images / (classes x images of its class): 14 / (3 x 6) and 14 / (3 x 2).
+    counts = np.bincount(data.load_dataset(root).train.labels)
+    assert counts.tolist() == [6, 6, 2]
+    weight = 14 / (3 * counts)
+    for value in fetch.values:
+        logits = value['logits'].astype(np.float64)
+        log_p = logits - logits.max(1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        target = np.full(logits.shape, smoothing / 3)
+        target[np.arange(4), value['labels']] = 1 - smoothing + smoothing / 3
+        expected = np.mean(weight[value['labels']] * -(target * log_p).sum(1))
+        assert value['loss'] == pytest.approx(expected, rel=1e-5)
+    # A batch of 4 from 14 images, 2 of them coffee: over 5 steps, some hold both weights.
+    assert len({w for value in fetch.values for w in weight[value['labels']]}) == 2
+
+
+def _checkpoint_steps(directory):
+    return sorted(int(n.split('-')[1].split('.')[0]) for n in os.listdir(directory)
+                  if n.startswith('model.ckpt-') and n.endswith('.index'))
+
+
+@pytest.mark.slow
+def test_keep_checkpoints_keeps_that_many_across_restarts(tiny, tmp_path, photo_dataset):
+    out = str(tmp_path / 'run')
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out, '--validate-every', '0',
+             '--save-every-steps', '1', '--keep-checkpoints', '2'] + TINY
+    assert train.main(flags + ['--max-steps', '6']) == 0
+    assert _checkpoint_steps(out) == [5, 6]
+    assert train.main(flags + ['--max-steps', '9']) == 0
+    assert _checkpoint_steps(out) == [8, 9]
+    state = tf.train.get_checkpoint_state(out)
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+        'model.ckpt-8', 'model.ckpt-9']
+
+
+@pytest.mark.slow
+def test_resuming_with_other_classes_is_refused(tiny, tmp_path, photo_dataset, capsys):
+    root, out = str(tmp_path / 'photos'), str(tmp_path / 'run')
+    shutil.copytree(photo_dataset, root)
+    flags = ['--dataset', root, '--checkpoint-dir', out, '--max-steps', '1',
+             '--validate-every', '0'] + TINY
+    assert train.main(flags) == 0
+    # As many classes as before (the same head shape), under another name.
+    os.rename(os.path.join(root, 'coffee'), os.path.join(root, 'tea'))
+    assert train.main(flags + ['--max-steps', '2']) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "train.py: error: %s holds a model trained with other classes (['astronaut', 'camera', "
+        "'coffee']) than this run (['astronaut', 'camera', 'tea']): use a new --checkpoint-dir"
+        % out)
+    assert _checkpoint_steps(out) == [0, 1]  # nothing written
+
+
+@pytest.mark.slow
+def test_early_stopping_counts_the_validations_before_a_restart(tiny, tmp_path, photo_dataset,
+                                                                caplog):
+    caplog.set_level(logging.INFO)
+    out = str(tmp_path / 'run')
+    # Too small a learning rate to move a float32 weight: every validation ties the first.
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out, '--learning-rate', '1e-15',
+             '--end-learning-rate', '1e-15', '--schedule', 'constant', '--validate-every', '1',
+             '--early-stopping', '3'] + TINY
+    assert train.main(flags + ['--max-steps', '2']) == 0  # the best at step 1, then one more
+    assert train.model.load_best(out)['step'] == 1
+    assert train.main(flags + ['--max-steps', '20']) == 0  # two more, at steps 3 and 4
+    assert 'early stopping: no better accuracy in 3 validations since step 1' in caplog.text
+    assert tf.train.latest_checkpoint(out).endswith('model.ckpt-4')
