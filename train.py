@@ -114,7 +114,7 @@ def parse_args(argv=None):
     p.add_argument('--max-unreadable', type=float, default=0.1,
                    help='share of the dataset that may be unusable (undecodable or too large '
                         'images, left out and listed) before the run refuses to start')
-    p.add_argument('--summary-every', type=int, default=10,
+    p.add_argument('--summary-every', type=int, default=30,
                    help='steps between TensorBoard summaries (the points of curves.png)')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
     hardware.add_flags(p)
