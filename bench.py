@@ -11,7 +11,12 @@
    `train_on_batch`, on the same batch;
 3. inference: inference.Predictor against the Keras model's `predict_on_batch`;
 4. the matrix-multiply ceiling of this machine in float32 and bfloat16, beside the training
-   step's achieved GFLOP/s.
+   step's achieved GFLOP/s;
+5. scale: what a run costs at two dataset sizes (--scale-images, synthetic: small JPEGs in 101
+   class folders), one step of train.py each: the start-up to the first step, the image
+   check's images/s, peak memory, graph.pbtxt and .meta size, the end of the run (from the
+   final validation, the last hook to end after the final checkpoint, to train() returning),
+   and their ratios.
 
 Shared machines swing 2x from one minute to the next, so each comparison runs its two sides in
 alternation (a warm-up of each, then A B A B ...) and reports the median of the pair-by-pair
@@ -24,11 +29,13 @@ tool's side with XLA, --keras-xla the Keras side (whose default, jit_compile='au
 only on GPUs).
 """
 import contextlib
+import glob
 import json
 import logging
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -55,7 +62,7 @@ import train
 # scale with the image area; at other sizes the figure is that scaling, an estimate.
 VGG19_MACS_224 = 19.6e9
 TRAIN_STEP_FORWARDS = 3
-PARTS = ('pipeline', 'train', 'inference', 'matmul')
+PARTS = ('pipeline', 'train', 'inference', 'matmul', 'scale')
 DTYPES = {'fp32': tf.float32, 'bf16': tf.bfloat16, 'fp16': tf.float16}
 KERAS_POLICY = {'fp32': 'float32', 'bf16': 'mixed_bfloat16', 'fp16': 'mixed_float16'}
 
@@ -71,7 +78,10 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=1, help='training steps in each timing')
     p.add_argument('--pipeline-batches', type=int, default=16, help='batches in each timing')
     p.add_argument('--skip', default='', help='comma-separated parts not to run: '
-                                              'pipeline,train,inference,matmul')
+                                              'pipeline,train,inference,matmul,scale')
+    p.add_argument('--scale-images', default='2020,8080',
+                   help='the two dataset sizes of the scale part (e.g. 101000,1000000: '
+                        'Food-101 and ImageNet-sized, an hour and ~25 GB of disk)')
     p.add_argument('--json', action='store_true', help='print one JSON object, no table')
     p.add_argument('--precision', choices=('all',) + hardware.PRECISIONS, default='all',
                    help='all: fp32 and the mixed precision that training picks on this machine')
@@ -86,6 +96,13 @@ def parse_args(argv=None):
     for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches'):
         if getattr(args, flag) < 1:
             p.error('--%s must be at least 1' % flag.replace('_', '-'))
+    try:
+        args.scale_images = [int(n) for n in args.scale_images.split(',')]
+    except ValueError:
+        args.scale_images = []
+    if len(args.scale_images) != 2 or min(args.scale_images) < 2 * SCALE_CLASSES:
+        p.error('--scale-images must be two sizes of at least %d, e.g. 2020,8080'
+                % (2 * SCALE_CLASSES))
     if args.image_size < 32 or args.long_side < args.image_size:
         p.error('--image-size must be at least 32, and --long-side at least --image-size')
     return args
@@ -334,6 +351,83 @@ def train_gflop_per_image(image_size):
 
 
 # ---------------------------------------------------------------------------------------------
+# 5. What grows with the dataset.
+
+SCALE_CLASSES = 101  # Food-101's
+SCALE_FLAGS = ['--pretrained', 'none', '--max-steps', '1', '--image-size', '32',
+               '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0']
+
+
+class Marks(tf.train.SessionRunHook):
+    """The times of the first step's end and of the end of the hooks before it (the final
+    checkpoint's, then the final validation's)."""
+
+    def __init__(self, times):
+        self.times = times
+
+    def after_run(self, run_context, run_values):
+        self.times.setdefault('first_step', time.time())
+
+    def end(self, session):
+        self.times['end'] = time.time()
+
+
+def scale_run(connection, root, out, started):
+    """One step of train.py on `root` into `out`, in a process of its own (`started`: when the
+    parent started it); sends its figures through `connection`."""
+    import resource
+    logging.basicConfig(level=logging.WARNING)
+    tf.get_logger().setLevel(logging.ERROR)
+    tf.disable_eager_execution()
+    args = train.parse_args(['--dataset', root, '--checkpoint-dir', out] + SCALE_FLAGS)
+    # The image check on its own, as train.py runs it; training then reuses its cache.
+    dataset = data.load_dataset(root)
+    os.makedirs(out)
+    check = seconds(lambda: data.drop_unreadable(
+        dataset, cache_file=os.path.join(out, 'unreadable.json'),
+        resize_side=data.resize_side_range(args.image_size)[0]))
+    times = {}
+    with tf.Graph().as_default():
+        train.train(args, [Marks(times)])
+    done = time.time()
+    meta = max(glob.glob(os.path.join(out, 'model.ckpt-*.meta')), key=os.path.getmtime)
+    connection.send({
+        'images': len(dataset.train.paths) + len(dataset.validation.paths),
+        'startup_s': times['first_step'] - started, 'check_images_per_s': (
+            len(dataset.train.paths) + len(dataset.validation.paths)) / check,
+        'peak_memory_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+        'graph_mb': os.path.getsize(os.path.join(out, 'graph.pbtxt')) / 1e6,
+        'meta_mb': os.path.getsize(meta) / 1e6, 'end_s': done - times['end']})
+
+
+def bench_scale(sizes, directory):
+    """{'sizes': [figures of each size], 'ratio': {figure: larger / smaller}}: one step of
+    train.py on a synthetic dataset of each size (demo.make_many, 101 classes), each in a
+    fresh process."""
+    context = multiprocessing.get_context('spawn')
+    results = []
+    for count in sizes:
+        root, out = os.path.join(directory, 'scale-%d' % count), os.path.join(
+            directory, 'scale-%d-run' % count)
+        demo.make_many(root, count, SCALE_CLASSES)
+        here, there = context.Pipe()
+        process = context.Process(target=scale_run, args=(there, root, out, time.time()))
+        process.start()
+        there.close()
+        try:
+            results.append(here.recv())
+        except EOFError:
+            raise RuntimeError('the scale run on %d images died (its error above, or out of '
+                               'memory)' % count)
+        finally:
+            process.join()
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+    return {'sizes': results, 'ratio': {key: results[1][key] / results[0][key]
+                                        for key in results[0]}}
+
+
+# ---------------------------------------------------------------------------------------------
 
 def precisions(requested):
     """The precisions to measure: fp32 and the one training's `auto` picks here, or the one
@@ -355,6 +449,8 @@ def run(args):
               'xla': args.xla, 'keras_xla': args.keras_xla, 'batch_size': args.batch_size,
               'image_size': args.image_size, 'pairs': args.pairs, 'precisions': {}}
     with tempfile.TemporaryDirectory(prefix='bench-') as directory:
+        if 'scale' not in skip:
+            result['scale'] = bench_scale(args.scale_images, directory)
         if 'pipeline' not in skip:
             with tf.Graph().as_default():
                 result['pipeline'] = bench_pipeline(args, directory)
@@ -400,7 +496,22 @@ def table(result):
                 '; training step %.0f GFLOP/s, %.0f%% of it' % (
                     figures['train_gflops'], 100 * figures['train_share_of_ceiling'])
                 if 'train_gflops' in figures else ''))
+    if 'scale' in result:
+        lines += ['', '| one step of train.py (%s) | %s | ratio |' % (
+            ' '.join(SCALE_FLAGS), ' | '.join('%d images' % r['images']
+                                              for r in result['scale']['sizes'])),
+                  '|---|---|---|---|']
+        for key, name, form in SCALE_ROWS:
+            lines.append('| %s | %s | %.2f |' % (name, ' | '.join(
+                form % r[key] for r in result['scale']['sizes']), result['scale']['ratio'][key]))
     return '\n'.join(lines)
+
+
+SCALE_ROWS = (('startup_s', 'start-up to the first step, s', '%.1f'),
+              ('check_images_per_s', 'image check, images/s', '%.0f'),
+              ('peak_memory_gb', 'peak memory, GB', '%.2f'),
+              ('graph_mb', 'graph.pbtxt, MB', '%.2f'), ('meta_mb', '.meta, MB', '%.2f'),
+              ('end_s', 'end of the run after the final validation, s', '%.1f'))
 
 
 def main(argv=None):

@@ -333,10 +333,27 @@ def preprocess_for_eval(image, image_size):
 # ---------------------------------------------------------------------------------------------
 # tf.data pipelines.
 
+def split_placeholders(name):
+    """A Split of placeholders (paths, int64 labels) to build a pipeline on, fed with
+    `split_feed` to its iterator's initializer: a Split of lists would be written into the graph
+    as constants, so the graph and every checkpoint's .meta would grow with the dataset."""
+    with tf.name_scope(name):
+        return Split(tf.placeholder(tf.string, [None], name='paths'),
+                     tf.placeholder(tf.int64, [None], name='labels'))
+
+
+def split_feed(placeholders, split):
+    """The feed_dict that gives `placeholders` (split_placeholders) the lists of `split`."""
+    return {placeholders.paths: split.paths, placeholders.labels: split.labels}
+
+
 def train_pipeline(split, image_size, batch_size, seed=None):
-    """Endless shuffled batches of (images, labels) with training augmentation, fixed shapes."""
+    """Endless shuffled batches of (images, labels) with training augmentation, fixed shapes.
+    `split` holds lists, or tensors (split_placeholders)."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
-    ds = ds.shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    # The whole split is one shuffle buffer of (path, label): a few MB even for ImageNet.
+    ds = ds.shuffle(tf.size(split.paths, out_type=tf.int64), seed=seed,
+                    reshuffle_each_iteration=True).repeat()
     # Images come out as they are ready, not in file order: the order is random anyway.
     ds = ds.map(lambda path, label: (decode_for_train(tf.io.read_file(path), image_size), label),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
@@ -346,8 +363,8 @@ def train_pipeline(split, image_size, batch_size, seed=None):
 
 
 def eval_pipeline(split, image_size, batch_size):
-    """One pass over every example of `split`, in order, as batches of (images, labels, paths);
-    the last partial batch included."""
+    """One pass over every example of `split` (lists, or tensors), in order, as batches of
+    (images, labels, paths); the last partial batch included."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
     # The path travels with its image, so a report can name the files it got wrong.
     ds = ds.map(lambda path, label: (

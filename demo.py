@@ -50,3 +50,18 @@ def make_samples(directory, seed=1, photos=PHOTOS):
         paths.append(os.path.join(directory, name + '.jpg'))
         iio.imwrite(paths[-1], random_crops(getattr(skimage.data, name)(), 1, rng)[0], quality=90)
     return paths
+
+
+def make_many(root, count, classes=101, side=48, seed=0):
+    """Write `count` small JPEGs into `classes` class folders (root/class_NNN/NNNNNNN.jpg), each
+    class one noise picture `side` px wide written again and again: a dataset of any size in
+    seconds, for measuring what grows with the number of images."""
+    rng = np.random.default_rng(seed)
+    pictures = []
+    for c in range(classes):
+        os.makedirs(os.path.join(root, 'class_%03d' % c), exist_ok=True)
+        pixels = rng.integers(0, 256, [side * 3 // 4, side, 3], dtype=np.uint8)
+        pictures.append(iio.imwrite('<bytes>', pixels, extension='.jpg', quality=90))
+    for i in range(count):
+        with open(os.path.join(root, 'class_%03d' % (i % classes), '%07d.jpg' % i), 'wb') as f:
+            f.write(pictures[i % classes])

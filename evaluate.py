@@ -9,6 +9,7 @@ confused class pairs and the misclassified files. Writes the confusion matrix (C
 TensorBoard image) and the misclassified files (CSV) into <checkpoint-dir>/eval/<split>.
 Validation during training runs the same code, so both give the same numbers for a checkpoint.
 """
+import collections
 import csv
 import glob
 import io
@@ -36,21 +37,29 @@ CURVES_FILE = 'curves.png'
 # ---------------------------------------------------------------------------------------------
 # Running the model over a split.
 
+# The iterator's initializer takes the split's file list as `feed`, which keeps it out of the
+# graph; `fetches` are the results of a batch.
+Evaluation = collections.namedtuple('Evaluation', 'initializer feed fetches')
+
+
 def build(split, settings, batch_size, reuse=None):
-    """The evaluation graph over `split`: (iterator initializer, fetches per batch)."""
+    """The evaluation graph over `split`: an Evaluation for `predict`."""
+    placeholders = data.split_placeholders('eval_split')
     iterator = tf.data.make_initializable_iterator(
-        data.eval_pipeline(split, settings['image_size'], batch_size))
+        data.eval_pipeline(placeholders, settings['image_size'], batch_size))
     images, labels, paths = iterator.get_next()
     logits, _ = model.classifier(images, settings, is_training=False, reuse=reuse)
     probabilities, top = tf.nn.top_k(tf.nn.softmax(logits), min(TOP_K, len(settings['class_ids'])))
-    return iterator.initializer, {'labels': labels, 'top': top, 'probabilities': probabilities,
-                                  'paths': paths}
+    return Evaluation(iterator.initializer, data.split_feed(placeholders, split), {
+        'labels': labels, 'top': top, 'probabilities': probabilities, 'paths': paths})
 
 
-def predict(session, initializer, fetches, num_examples):
-    """One pass over the split: a dict of numpy arrays, one row per image that decoded:
-    labels [n], top (the top-k class indices, best first) [n, k], probabilities [n, k], paths."""
-    session.run(initializer)
+def predict(session, evaluation, num_examples):
+    """One pass over the split of `evaluation` (build): a dict of numpy arrays, one row per image
+    that decoded: labels [n], top (the top-k class indices, best first) [n, k], probabilities
+    [n, k], paths."""
+    session.run(evaluation.initializer, evaluation.feed)
+    fetches = evaluation.fetches
     batches, seen, every = [], 0, max(num_examples // 4, 1)
     while True:
         try:
@@ -352,13 +361,13 @@ def evaluate(args):
         raise data.DatasetError('the %s split of %s is empty' % (args.split, root))
     precision = hardware.resolve_precision(args.precision, training=False)
     with tf.Graph().as_default():
-        initializer, fetches = build(split, settings, args.batch_size)
+        evaluation = build(split, settings, args.batch_size)
         saver = tf.train.Saver(slim.get_model_variables())
         with tf.Session(config=hardware.session_config(precision, args.xla)) as session:
             model.restore(saver, session, checkpoint)
             log.info('evaluating %s on %d %s images of %s', checkpoint, len(split.paths),
                      args.split, root)
-            predictions = predict(session, initializer, fetches, len(split.paths))
+            predictions = predict(session, evaluation, len(split.paths))
     result = report(predictions, settings['class_ids'], settings['class_names'])
     step = _step(checkpoint)
     result.update(checkpoint=checkpoint, step=step, split=args.split, dataset=root,

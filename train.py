@@ -402,7 +402,7 @@ class ValidationHook(tf.train.SessionRunHook):
     one. `seconds` and `count` add up the passes, for the time left."""
 
     def __init__(self, evaluation, num_examples, every, checkpoint_dir, best_saver, patience=0):
-        self._initializer, self._fetches = evaluation
+        self._evaluation = evaluation
         self._num_examples, self.every, self._dir = num_examples, every, checkpoint_dir
         self._best_saver, self._patience = best_saver, patience
         self.seconds, self.count = 0.0, 0
@@ -423,8 +423,7 @@ class ValidationHook(tf.train.SessionRunHook):
     def validate(self, session, step):
         """One pass over the validation split; True when training should stop early."""
         start, step = time.time(), int(step)
-        predictions = evaluate.predict(session, self._initializer, self._fetches,
-                                       self._num_examples)
+        predictions = evaluate.predict(session, self._evaluation, self._num_examples)
         accuracy, accuracy5 = evaluate.accuracy(predictions['labels'], predictions['top'])
         seconds = time.time() - start
         self.seconds, self.count = self.seconds + seconds, self.count + 1
@@ -452,6 +451,17 @@ class ValidationHook(tf.train.SessionRunHook):
                      len(since), best['step'], best['accuracy'])
             return True
         return False
+
+
+class FeedInitializerHook(tf.train.SessionRunHook):
+    """Runs an iterator's `initializer` with `feed` in every session made (a session recovered
+    after a parameter server failed too), before its first step."""
+
+    def __init__(self, initializer, feed):
+        self._initializer, self._feed = initializer, feed
+
+    def after_create_session(self, session, coord):
+        session.run(self._initializer, self._feed)
 
 
 class NonFiniteError(RuntimeError):
@@ -558,8 +568,12 @@ def _train(args, extra_hooks):
             args.batch_size // len(devices), ', '.join(d or 'default device' for d in devices))
 
     global_step = tf.train.get_or_create_global_step()
-    images, labels = tf.data.make_one_shot_iterator(data.train_pipeline(
-        dataset.train, args.image_size, args.batch_size, seed=args.seed)).get_next()
+    # The file list is fed to the iterator in each session made (FeedInitializerHook), not
+    # written into the graph.
+    placeholders = data.split_placeholders('train_split')
+    iterator = tf.data.make_initializable_iterator(data.train_pipeline(
+        placeholders, args.image_size, args.batch_size, seed=args.seed))
+    images, labels = iterator.get_next()
     labels = tf.cast(labels, tf.int32)
 
     # Model and loss (cross entropy, smoothed and weighted as asked, plus the arg_scope's weight
@@ -628,7 +642,9 @@ def _train(args, extra_hooks):
                  'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
     validation = ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
                                 best_saver, args.early_stopping) if chief else None
-    hooks = [tf.train.StopAtStepHook(last_step=last_step),
+    hooks = [FeedInitializerHook(iterator.initializer, data.split_feed(placeholders,
+                                                                       dataset.train)),
+             tf.train.StopAtStepHook(last_step=last_step),
              LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
                           'train_accuracy': train_accuracy}, last_step, step_images,
                          args.log_every, validation)]

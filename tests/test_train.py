@@ -17,6 +17,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import data
+import demo
 import evaluate
 import inference
 import model
@@ -592,3 +593,46 @@ def test_early_stopping_counts_the_validations_before_a_restart(tiny, tmp_path, 
     assert train.main(flags + ['--max-steps', '20']) == 0  # two more, at steps 3 and 4
     assert 'early stopping: no better accuracy in 3 validations since step 1' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-4')
+
+
+def _tiny_run(dataset, out, *flags):
+    """tests/tiny_train.py for one step on `dataset` into `out`; its stderr."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'tests', 'tiny_train.py'), '--dataset', dataset,
+         '--checkpoint-dir', out, '--pretrained', 'none', '--image-size', '32', '--batch-size',
+         '4', '--max-steps', '1', '--validate-every', '0'] + list(flags),
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stderr
+
+
+@pytest.mark.slow
+def test_the_graph_does_not_grow_with_the_dataset(tmp_path):
+    # The file lists of training and validation are fed, not written into the graph: the graph,
+    # every checkpoint's .meta and evaluate.py's graph are the same size for 50 as for 5,000
+    # images (same classes, names of the same length).
+    sizes = []
+    for count in (50, 5000):
+        root, out = str(tmp_path / ('d%d' % count)), str(tmp_path / ('run%d' % count))
+        demo.make_many(root, count, classes=5)
+        _tiny_run(root, out)
+        # In a process of its own, as each run: the names of tf.data's functions count up
+        # through a process.
+        eval_graph = subprocess.run([sys.executable, '-c', EVAL_GRAPH_SIZE, root, out], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=300)
+        assert eval_graph.returncode == 0, eval_graph.stderr[-2000:]
+        sizes.append((os.path.getsize(os.path.join(out, 'graph.pbtxt')),
+                      os.path.getsize(os.path.join(out, 'model.ckpt-1.meta')),
+                      int(eval_graph.stdout)))
+    assert sizes[0] == sizes[1]
+
+
+EVAL_GRAPH_SIZE = """if True:
+    import sys
+    import tensorflow.compat.v1 as tf
+    import data, evaluate, model
+    tf.disable_eager_execution()
+    evaluation = evaluate.build(data.load_dataset(sys.argv[1]).validation,
+                                model.load_settings(sys.argv[2]), batch_size=8)
+    print(tf.get_default_graph().as_graph_def().ByteSize())
+"""
