@@ -22,16 +22,18 @@ import sys
 import tempfile
 
 
-# What TensorFlow's C++ start-up prints on every machine without a GPU, before its log level
-# applies: the same two lines at import (twice), and a cuInit error at the first device listing.
-NO_GPU_NOISE = re.compile(r'absl::InitializeLog\(\) is called|Could not find cuda drivers|'
-                          r'failed call to cuInit')
+# What TensorFlow's C++ start-up prints before its log level applies, whatever the run: on every
+# machine without a GPU the same two lines at import (twice) and a cuInit error at the first
+# device listing; on CPUs where oneDNN is on by default (Intel's, AMX and AVX-512 ones) a notice
+# of round-off differences, at import, twice. Our own log says which device and precision run.
+START_UP_NOISE = re.compile(r'absl::InitializeLog\(\) is called|Could not find cuda drivers|'
+                            r'failed call to cuInit|oneDNN custom operations are on')
 
 
 @contextlib.contextmanager
 def quiet_native_stderr():
-    """Run the block with the C++ side's stderr held back, then pass on all of it except the
-    lines that only say this machine has no GPU (our own log says which device runs)."""
+    """Run the block with the C++ side's stderr held back, then pass on all of it except
+    TensorFlow's start-up notices (no GPU here, oneDNN on), which say nothing about the run."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -43,7 +45,7 @@ def quiet_native_stderr():
             os.close(saved)
             held.seek(0)
             lines = held.read().decode(errors='replace').splitlines(keepends=True)
-            sys.stderr.write(''.join(line for line in lines if not NO_GPU_NOISE.search(line)))
+            sys.stderr.write(''.join(line for line in lines if not START_UP_NOISE.search(line)))
 
 
 # Every command imports this module before TensorFlow, so TensorFlow starts quietly.
