@@ -362,6 +362,15 @@ def train_pipeline(split, image_size, batch_size, seed=None):
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def views_pipeline(split, image_size, batch_size):
+    """One pass over `split` (lists, or tensors) as batches of (images, labels), each image
+    augmented as for training: the views that features.py stores."""
+    ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
+    ds = ds.map(lambda path, label: (decode_for_train(tf.io.read_file(path), image_size), label),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def eval_pipeline(split, image_size, batch_size):
     """One pass over every example of `split` (lists, or tensors), in order, as batches of
     (images, labels, paths); the last partial batch included."""

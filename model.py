@@ -30,6 +30,7 @@ warnings.filterwarnings('ignore', message='`layer.apply` is deprecated')
 WEIGHT_DECAY = 5e-4
 DEFAULT_IMAGE_SIZE = 224  # the size the ImageNet checkpoint was trained at
 HEAD_SCOPE = 'vgg_19/fc8'  # the ImageNet classifier, rebuilt for the user's classes
+STARTS = ('pool4', 'pool5', 'fc7')  # where vgg_19 can start: the boundaries of features.py
 
 
 INITIALIZERS = {
@@ -66,39 +67,48 @@ def fc_options(image_size):
 
 def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
            spatial_squeeze=True, reuse=None, scope='vgg_19', fc_conv_padding='VALID',
-           global_pool=False, weight_decay=WEIGHT_DECAY, init='xavier'):
+           global_pool=False, weight_decay=WEIGHT_DECAY, init='xavier', start=None):
     """VGG19 (configuration E) on `inputs` [batch, height, width, 3]; returns (logits, end_points).
 
     The same graph as `tf_slim.nets.vgg.vgg_19` under `vgg_arg_scope(weight_decay)`, which this
     function applies itself so the weight decay is never forgotten (`init` picks the initial
     weights of a model trained from scratch). The regularisation losses
     land in tf.GraphKeys.REGULARIZATION_LOSSES; the training loss must add them.
+    `start` ('pool4', 'pool5' or 'fc7'): `inputs` are that end point's output, stored by
+    features.py, and only the layers above it are built, with the same names.
     """
+    def above(point):  # whether the layers just above `point` are built
+        return start is None or STARTS.index(start) <= STARTS.index(point)
+
     with slim.arg_scope(vgg_arg_scope(weight_decay, init)):
         with tf.variable_scope(scope, 'vgg_19', [inputs], reuse=reuse) as sc:
             end_points_collection = sc.original_name_scope + '_end_points'
             with slim.arg_scope([slim.conv2d, slim.fully_connected, slim.max_pool2d],
                                 outputs_collections=end_points_collection):
-                net = slim.repeat(inputs, 2, slim.conv2d, 64, [3, 3], scope='conv1')
-                net = slim.max_pool2d(net, [2, 2], scope='pool1')
-                net = slim.repeat(net, 2, slim.conv2d, 128, [3, 3], scope='conv2')
-                net = slim.max_pool2d(net, [2, 2], scope='pool2')
-                net = slim.repeat(net, 4, slim.conv2d, 256, [3, 3], scope='conv3')
-                net = slim.max_pool2d(net, [2, 2], scope='pool3')
-                net = slim.repeat(net, 4, slim.conv2d, 512, [3, 3], scope='conv4')
-                net = slim.max_pool2d(net, [2, 2], scope='pool4')
-                net = slim.repeat(net, 4, slim.conv2d, 512, [3, 3], scope='conv5')
-                net = slim.max_pool2d(net, [2, 2], scope='pool5')
+                net = inputs
+                if start is None:
+                    net = slim.repeat(net, 2, slim.conv2d, 64, [3, 3], scope='conv1')
+                    net = slim.max_pool2d(net, [2, 2], scope='pool1')
+                    net = slim.repeat(net, 2, slim.conv2d, 128, [3, 3], scope='conv2')
+                    net = slim.max_pool2d(net, [2, 2], scope='pool2')
+                    net = slim.repeat(net, 4, slim.conv2d, 256, [3, 3], scope='conv3')
+                    net = slim.max_pool2d(net, [2, 2], scope='pool3')
+                    net = slim.repeat(net, 4, slim.conv2d, 512, [3, 3], scope='conv4')
+                    net = slim.max_pool2d(net, [2, 2], scope='pool4')
+                if above('pool4'):
+                    net = slim.repeat(net, 4, slim.conv2d, 512, [3, 3], scope='conv5')
+                    net = slim.max_pool2d(net, [2, 2], scope='pool5')
 
                 # The fully connected layers as convolutions, as in the checkpoint.
                 fc = dict(weight_decay=weight_decay, init=init,
                           outputs_collection=end_points_collection)
-                net = _fully_connected(net, 4096, 7, fc_conv_padding, scope='fc6', **fc)
-                net = slim.dropout(net, dropout_keep_prob, is_training=is_training,
-                                   scope='dropout6')
-                net = _fully_connected(net, 4096, 1, 'SAME', scope='fc7', **fc)
+                if above('pool5'):
+                    net = _fully_connected(net, 4096, 7, fc_conv_padding, scope='fc6', **fc)
+                    net = slim.dropout(net, dropout_keep_prob, is_training=is_training,
+                                       scope='dropout6')
+                    net = _fully_connected(net, 4096, 1, 'SAME', scope='fc7', **fc)
                 end_points = slim.utils.convert_collection_to_dict(end_points_collection)
-                if global_pool:
+                if global_pool and above('pool5'):
                     net = tf.reduce_mean(net, [1, 2], keepdims=True, name='global_pool')
                     end_points['global_pool'] = net
                 if num_classes:

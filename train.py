@@ -26,6 +26,7 @@ import tf_slim as slim
 import cli
 import data
 import evaluate
+import features
 import model
 import parallel
 
@@ -114,6 +115,15 @@ def parse_args(argv=None):
     p.add_argument('--max-unreadable', type=float, default=0.1,
                    help='share of the dataset that may be unusable (undecodable or too large '
                         'images, left out and listed) before the run refuses to start')
+    p.add_argument('--feature-cache', choices=features.MODES, default='auto',
+                   help='compute the frozen layers below the first trainable one once per '
+                        'image view and train the rest from the stored features; auto: when '
+                        'the run reads at least --cache-views epochs (see features.py)')
+    p.add_argument('--cache-views', type=int, default=4,
+                   help='augmented views of each training image in the feature cache')
+    p.add_argument('--cache-dir', default='',
+                   help='where feature caches live (default: feature-cache beside '
+                        '--checkpoint-dir); delete it to free the disk')
     p.add_argument('--summary-every', type=int, default=30,
                    help='steps between TensorBoard summaries (the points of curves.png)')
     p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
@@ -125,8 +135,10 @@ def parse_args(argv=None):
         args = p.parse_args(argv)  # flags given on the command line still win
     if args.init == 'auto':
         args.init = 'he' if args.pretrained == 'none' else 'xavier'
+    args.cache_dir = args.cache_dir or os.path.join(
+        os.path.dirname(os.path.normpath(args.checkpoint_dir)), 'feature-cache')
     for flag in ('image_size', 'batch_size', 'val_batch_size', 'log_every', 'summary_every',
-                 'save_every_secs', 'keep_checkpoints'):
+                 'save_every_secs', 'keep_checkpoints', 'cache_views'):
         if getattr(args, flag) < 1:
             p.error('--%s must be at least 1' % flag.replace('_', '-'))
     for flag in ('head_steps', 'warmup_steps', 'early_stopping', 'validate_every', 'max_steps',
@@ -271,16 +283,23 @@ OPTIMIZERS = {
 }
 
 
-def tower_loss(images, labels, settings, args, weights_by_class=None, reuse=None):
-    """The model and its loss on one tower's images: a dict of logits, loss (cross entropy,
-    smoothed and weighted as `args` say), total_loss (plus the weight decay) and train_accuracy.
+def network(images, settings, args, reuse=None, start=None):
+    """The network as training runs it: (logits, end_points); `start`: `images` are the stored
+    features of that end point (features.py)."""
+    return model.classifier(images, settings, is_training=True, reuse=reuse, start=start,
+                            weight_decay=args.weight_decay, init=args.init,
+                            dropout_keep_prob=args.dropout_keep_prob)
+
+
+def tower_loss(images, labels, settings, args, weights_by_class=None, reuse=None, start=None):
+    """The model and its loss on one tower's images (or stored features from `start`): a dict of
+    logits, loss (cross entropy, smoothed and weighted as `args` say), total_loss (plus the
+    weight decay) and train_accuracy.
 
     Every tower's total_loss holds the whole weight decay (one collection, shared variables),
     so the average over the towers is the loss, and the gradient, of the whole batch.
     """
-    logits, _ = model.classifier(images, settings, is_training=True, reuse=reuse,
-                                 weight_decay=args.weight_decay, init=args.init,
-                                 dropout_keep_prob=args.dropout_keep_prob)
+    logits, _ = network(images, settings, args, reuse, start)
     weights = 1.0
     if weights_by_class is not None:
         weights = tf.gather(tf.constant(weights_by_class, tf.float32), labels)
@@ -568,13 +587,32 @@ def _train(args, extra_hooks):
             args.batch_size // len(devices), ', '.join(d or 'default device' for d in devices))
 
     global_step = tf.train.get_or_create_global_step()
-    # The file list is fed to the iterator in each session made (FeedInitializerHook), not
-    # written into the graph.
-    placeholders = data.split_placeholders('train_split')
-    iterator = tf.data.make_initializable_iterator(data.train_pipeline(
-        placeholders, args.image_size, args.batch_size, seed=args.seed))
-    images, labels = iterator.get_next()
-    labels = tf.cast(labels, tf.int32)
+    # The frozen layers below the first trainable one run once per stored view, not every step,
+    # where that pays (features.py).
+    point = features.boundary([name for name in model.vgg19_variables(num_classes) if not scopes(
+        args.trainable_scopes) or model.in_scopes(name, scopes(args.trainable_scopes))])
+    start_step = int(latest.rsplit('-', 1)[-1]) if latest else 0
+    cached, why = features.decide(args.feature_cache, point, len(devices), bool(args.task),
+                                  args.head_steps, (last_step - start_step) * step_images,
+                                  num_train, args.cache_views)
+    log.info('feature cache: %s (%s)', 'on, from %s up' % point if cached else 'off', why)
+    if cached:
+        cache = features.Cache(
+            dataset.train, point, lambda images: network(images, settings, args)[1],
+            settings['global_pool'], dict(image_size=args.image_size, precision=precision,
+                                          preprocessing=settings['preprocessing'],
+                                          dropout_keep_prob=args.dropout_keep_prob),
+            args.image_size, args.batch_size, args.val_batch_size, args.cache_views,
+            args.cache_dir, args.seed)
+        images, labels, inputs = cache.features, cache.labels, cache.view_images
+    else:
+        # The file list is fed to the iterator in each session made (FeedInitializerHook), not
+        # written into the graph.
+        placeholders = data.split_placeholders('train_split')
+        iterator = tf.data.make_initializable_iterator(data.train_pipeline(
+            placeholders, args.image_size, args.batch_size, seed=args.seed))
+        images, labels = iterator.get_next()
+        labels, inputs = tf.cast(labels, tf.int32), images
 
     # Model and loss (cross entropy, smoothed and weighted as asked, plus the arg_scope's weight
     # decay): one tower per device on its share of the batch, sharing the variables. Then the
@@ -583,8 +621,10 @@ def _train(args, extra_hooks):
     if args.class_weights == 'balanced':
         per_class = class_weights(dataset.train.labels, num_classes)
         log.info('class weights (balanced): %.3g to %.3g', per_class.min(), per_class.max())
+    # With the cache, the prefix built on the views made the variables: the head reuses them.
     towers = parallel.on_towers(devices, args.task, lambda images, labels, reuse: tower_loss(
-        images, labels, settings, args, per_class, reuse), images, labels)
+        images, labels, settings, args, per_class, reuse=True if cached else reuse,
+        start=point if cached else None), images, labels)
     evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size, reuse=True)
     loss, total_loss, train_accuracy = (parallel.mean([t[key] for t in towers]) for key in (
         'loss', 'total_loss', 'train_accuracy'))
@@ -592,7 +632,7 @@ def _train(args, extra_hooks):
     tf.summary.scalar('total_loss', total_loss)
     tf.summary.scalar('train_accuracy', train_accuracy)
     # What the network is fed, once at each start: kept out of the periodic summaries.
-    inputs_summary = tf.summary.image('inputs', data.to_viewable(images), max_outputs=4,
+    inputs_summary = tf.summary.image('inputs', data.to_viewable(inputs), max_outputs=4,
                                       collections=[])
 
     # Optimizer: the learning rate comes from stage_at each step. Frozen variables get no
@@ -642,16 +682,17 @@ def _train(args, extra_hooks):
                  'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
     validation = ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
                                 best_saver, args.early_stopping) if chief else None
-    hooks = [FeedInitializerHook(iterator.initializer, data.split_feed(placeholders,
-                                                                       dataset.train)),
-             tf.train.StopAtStepHook(last_step=last_step),
+    hooks = [tf.train.StopAtStepHook(last_step=last_step),
              LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
                           'train_accuracy': train_accuracy}, last_step, step_images,
                          args.log_every, validation)]
+    if not cached:  # the cache starts its reader itself, once it is filled
+        hooks.insert(0, FeedInitializerHook(iterator.initializer, data.split_feed(
+            placeholders, dataset.train)))
     if chief:  # what writes into --checkpoint-dir
-        hooks += [tf.train.SummarySaverHook(save_steps=last_step + 1,
-                                            output_dir=args.checkpoint_dir,
-                                            summary_op=inputs_summary), validation]
+        hooks += [validation] if cached else [tf.train.SummarySaverHook(
+            save_steps=last_step + 1, output_dir=args.checkpoint_dir, summary_op=inputs_summary),
+            validation]
     hooks += list(extra_hooks)
     if args.task:
         hooks += sync_hooks + [parallel.StepCountHook(args.task)]
@@ -678,6 +719,11 @@ def _train(args, extra_hooks):
     with session:
         step, stage = session.run_step_fn(
             lambda step_context: step_context.session.run(global_step)), None
+        if cached:  # the views it builds are what the network is fed: their summary
+            summary = session.run_step_fn(lambda step_context: cache.fill(
+                step_context.session, inputs_summary))
+            if summary:
+                tf.summary.FileWriterCache.get(args.checkpoint_dir).add_summary(summary, step)
         try:
             while step < last_step and not session.should_stop():
                 now, rate = stage_at(step, args, last_step)

@@ -1,0 +1,309 @@
+"""Cached frozen features: the frozen part of VGG19 computed once per image view, not per step.
+
+When training leaves a frozen prefix of the network (the layers below the first trainable one),
+that prefix computes the same function every epoch; only augmentation changes its input. So
+train.py runs it once over `--cache-views` augmented views of each training image (slim's random
+crop and flip, as every step would), stores what comes out at the boundary, and trains the rest
+of the graph, the same ops, from the stored features:
+
+    trainable layers from   boundary (what is stored)      per view, at 224 px
+    fc8                     fc7's output (after global_pool below 224 px)    16 KB
+    fc6 or fc7              pool5                                           100 KB
+    conv5                   pool4                                           400 KB
+
+Epoch e reads view e % views of every image, shuffled; validation runs the whole network.
+
+The cache lives in a directory named by the boundary and a key of everything that decides the
+features: the frozen weights themselves (a digest of their values in the session), the image size
+and preprocessing, the precision, dropout where the prefix holds it (fc6's, for the fc7
+boundary), the number of views, and each training file's path, size, modification time and
+label. Runs that differ in anything else (learning rate, epochs, optimizer, label smoothing,
+checkpoint directory) reuse it. It is written in shards, each renamed into place whole and then
+listed in index.json with its record count, so a killed build resumes at the first missing
+shard, a shard that does not read back at its listed size is built again, and nothing
+half-written is read.
+"""
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+import tf_slim as slim
+
+import data
+
+log = logging.getLogger(__name__)
+
+MODES = ('auto', 'on', 'off')
+# The layers in network order, and the boundary below each one that can be the first trainable.
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+BOUNDARY_BELOW = {'conv5': 'pool4', 'fc6': 'pool5', 'fc7': 'pool5', 'fc8': 'fc7'}
+SHARD_IMAGES = 256  # image views per shard file: what a killed build loses at most
+INDEX_FILE = 'index.json'
+SHUFFLE_BYTES = 256 << 20  # the shuffle buffer of stored features, at most
+
+
+class CacheError(ValueError):
+    """A --feature-cache setting this run cannot honour."""
+
+
+def layer_of(variable_name):
+    """'vgg_19/conv5/conv5_1/weights' -> 'conv5'; None for what is not a VGG19 layer."""
+    parts = variable_name.split('/')
+    return parts[1] if len(parts) > 2 and parts[1] in LAYERS else None
+
+
+def boundary(trainable_names):
+    """The end point below the first layer that trains ('pool4', 'pool5' or 'fc7'), or None when
+    a layer below conv5 trains (nothing frozen worth storing) or nothing does."""
+    layers = [layer_of(name) for name in trainable_names]
+    if not layers or None in layers:
+        return None
+    return BOUNDARY_BELOW.get(min(layers, key=LAYERS.index))
+
+
+def frozen_layers(point):
+    """The layers whose weights decide the features at `point`."""
+    last = {'pool4': 'conv4', 'pool5': 'conv5', 'fc7': 'fc7'}[point]
+    return LAYERS[:LAYERS.index(last) + 1]
+
+
+def decide(mode, point, towers=1, cluster=False, head_steps=0, remaining_images=0,
+           train_images=0, views=1):
+    """(use the cache, why): `auto` caches when there is a frozen prefix and the run still reads
+    at least `views` epochs (else building costs more forward passes than it saves); `on`
+    refuses with a CacheError what cannot use it; `off` is the uncached graph."""
+    if mode == 'off':
+        return False, '--feature-cache off'
+    cannot = None
+    if point is None:
+        cannot = 'the layers below conv5 train, so nothing frozen is worth storing'
+    elif towers > 1 or cluster:
+        cannot = 'towers and clusters read images, not stored features'
+    elif head_steps:
+        cannot = 'the main stage of --head-steps trains the layers below the head'
+    if cannot:
+        if mode == 'on':
+            raise CacheError('--feature-cache on: %s; use --feature-cache auto or off' % cannot)
+        return False, cannot
+    if mode == 'auto' and remaining_images < views * train_images:
+        return False, ('the run reads %d images, fewer than its %d views of %d training images '
+                       '(--cache-views %d)' % (remaining_images, views * train_images,
+                                               train_images, views))
+    return True, 'the layers up to %s are frozen' % point
+
+
+def output(end_points, point, global_pool):
+    """The tensor at `point` among vgg_19's `end_points`: what is stored, and what
+    vgg_19(start=point) takes."""
+    if point == 'fc7' and global_pool:
+        return end_points['global_pool']
+    return end_points['vgg_19/' + point]
+
+
+def weights_digest(session, variables):
+    """A digest of the values of `variables` in `session`, one variable at a time (fc6 alone is
+    411 MB)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for v in sorted(variables, key=lambda v: v.op.name):
+        digest.update(v.op.name.encode())
+        digest.update(np.ascontiguousarray(session.run(v)).tobytes())
+    return digest.hexdigest()
+
+
+def files_digest(split):
+    """A digest of each file's path, size, modification time and label, in the split's order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path, label in zip(split.paths, split.labels):
+        stat = os.stat(path)
+        digest.update(('%s\0%d\0%d\0%d\n' % (path, stat.st_size, stat.st_mtime_ns, label))
+                      .encode())
+    return digest.hexdigest()
+
+
+def shuffled(split, seed):
+    """`split` in a fixed random order, so that each shard holds images of many classes."""
+    order = np.random.RandomState(seed).permutation(len(split.paths))
+    return type(split)([split.paths[i] for i in order], [split.labels[i] for i in order])
+
+
+def cache_dir(root, key):
+    """Where the cache of `key` (a dict of what decides the features) lives under `root`."""
+    text = json.dumps(key, sort_keys=True)
+    return os.path.join(root, '%s-%s' % (key['boundary'],
+                                         hashlib.sha256(text.encode()).hexdigest()[:16]))
+
+
+def shard_name(view, shard):
+    return 'view%d-%05d.rec' % (view, shard)
+
+
+def shard_files(directory, views, num_images):
+    """[views][shards] paths of the cache's shard files."""
+    shards = -(-num_images // SHARD_IMAGES)
+    return [[os.path.join(directory, shard_name(v, s)) for s in range(shards)]
+            for v in range(views)]
+
+
+def record_floats(shape):
+    """Floats a record holds: the label, then the features."""
+    return 1 + int(np.prod(shape))
+
+
+def read_index(directory):
+    try:
+        with open(os.path.join(directory, INDEX_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_index(directory, index):
+    path = os.path.join(directory, INDEX_FILE)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(index, f, indent=1, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+
+def missing_shards(directory, key, shape, views, num_images):
+    """The (view, shard) pairs still to build: not listed in the index, or not of the size it
+    lists (a shard that does not read back whole)."""
+    index = read_index(directory)
+    counts = index['shards'] if index and index.get('key') == key else {}
+    record_bytes = 4 * record_floats(shape)
+    missing = []
+    for v, files in enumerate(shard_files(directory, views, num_images)):
+        for s, path in enumerate(files):
+            count = counts.get(os.path.basename(path))
+            try:
+                whole = count and os.path.getsize(path) == count * record_bytes
+            except OSError:
+                whole = False
+            if not whole:
+                missing.append((v, s))
+    return missing
+
+
+def build(directory, key, split, views, run_shard):
+    """Compute and store the shards that `missing_shards` names; returns the image views built.
+
+    `split`: the training split, in the order the shards take it (shuffled: see `shuffled`);
+    `run_shard(view, paths, labels)` runs the prefix over those images, augmented afresh for
+    each view, and returns (features, labels) arrays.
+    """
+    shape = key['shape']
+    todo = missing_shards(directory, key, shape, views, len(split.paths))
+    if not todo:
+        return 0
+    os.makedirs(directory, exist_ok=True)
+    index = read_index(directory)
+    if not index or index.get('key') != key:
+        index = {'key': key, 'shards': {}}
+    total = len(todo)
+    done_images, started = 0, time.time()
+    log.info('feature cache: building %d of %d shards (%d views of %d images) in %s', total,
+             views * -(-len(split.paths) // SHARD_IMAGES), views, len(split.paths), directory)
+    for n, (v, s) in enumerate(todo):
+        chunk = slice(s * SHARD_IMAGES, (s + 1) * SHARD_IMAGES)
+        features, labels = run_shard(v, split.paths[chunk], split.labels[chunk])
+        records = np.empty([len(labels), record_floats(shape)], np.float32)
+        records[:, 0] = labels
+        records[:, 1:] = features.reshape(len(labels), -1)
+        path = os.path.join(directory, shard_name(v, s))
+        with open(path + '.tmp', 'wb') as f:
+            f.write(records.tobytes())
+        os.replace(path + '.tmp', path)
+        index['shards'][shard_name(v, s)] = len(labels)
+        _write_index(directory, index)
+        done_images += len(labels)
+        rate = done_images / max(time.time() - started, 1e-9)
+        left = (total - n - 1) * SHARD_IMAGES / rate
+        log.info('feature cache: %d/%d shards, %d image views, %.1f/s, %dm%02ds left', n + 1,
+                 total, done_images, rate, left // 60, left % 60)
+    return done_images
+
+
+def pipeline(files, shape, batch_size, num_images, seed=None):
+    """Endless shuffled batches of (features, int32 labels) from the shard files `files`, a
+    [views, shards] string tensor fed at the iterator's initializer: epoch e reads view
+    e % views, its shards in a new order and the records shuffled."""
+    floats = record_floats(shape)
+    views = tf.shape(files, out_type=tf.int64)[0]
+
+    buffer = min(num_images, max(8 * batch_size, SHUFFLE_BYTES // (4 * floats)))
+
+    def epoch(e):  # shuffled within the epoch, so that it holds each image once
+        order = None if seed is None else seed * 1000003 + e  # a new order every epoch
+        shards = tf.data.Dataset.from_tensor_slices(files[e % views]).shuffle(1 << 16, order)
+        records = shards.interleave(lambda f: tf.data.FixedLengthRecordDataset(f, 4 * floats),
+                                    cycle_length=4)
+        return records.shuffle(buffer, order)
+    ds = tf.data.Dataset.range(1 << 62).flat_map(epoch)
+    ds = ds.batch(batch_size, drop_remainder=True)
+
+    def decode(records):
+        values = tf.reshape(tf.io.decode_raw(records, tf.float32), [batch_size, floats])
+        return (tf.reshape(values[:, 1:], [batch_size] + list(shape)),
+                tf.cast(values[:, 0], tf.int32))
+    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class Cache:
+    """A cached run's input: the frozen prefix on augmented views of the training images, run
+    once per view by `fill`, and the stored features that `features`, `labels` yield after it.
+
+    `network(images)` builds the whole network as training does and returns its end points (it
+    creates the variables, so the head built on `features` afterwards reuses them); `key` holds
+    what else decides the features (image size, preprocessing, precision, dropout).
+    """
+
+    def __init__(self, split, point, network, global_pool, key, image_size, batch_size,
+                 build_batch_size, views, root, seed=0):
+        self.split, self.point, self.views, self.root = shuffled(split, seed), point, views, root
+        self._views_in = data.split_placeholders('cache_views')
+        self._views = tf.data.make_initializable_iterator(
+            data.views_pipeline(self._views_in, image_size, build_batch_size))
+        self.view_images, self._view_labels = self._views.get_next()
+        self._prefix = output(network(self.view_images), point, global_pool)
+        self.shape = self._prefix.shape.as_list()[1:]
+        self._frozen = [v for v in slim.get_model_variables()
+                        if layer_of(v.op.name) in frozen_layers(point)]
+        self._key = dict(key, boundary=point, shape=self.shape, views=views)
+        self._files = tf.placeholder(tf.string, [None, None], name='feature_files')
+        self._stored = tf.data.make_initializable_iterator(
+            pipeline(self._files, self.shape, batch_size, len(self.split.paths), seed=seed))
+        self.features, self.labels = self._stored.get_next()
+
+    def fill(self, session, first_fetch=None):
+        """Build what the cache of this session's frozen weights lacks, then start reading it;
+        returns `first_fetch` run with the first batch built (None when nothing was built)."""
+        key = dict(self._key, weights=weights_digest(session, self._frozen),
+                   files=files_digest(self.split))
+        directory = cache_dir(self.root, key)
+        first = []
+
+        def run_shard(view, paths, labels):
+            session.run(self._views.initializer, {self._views_in.paths: paths,
+                                                  self._views_in.labels: labels})
+            batches = []
+            while True:
+                try:
+                    fetched = session.run([self._prefix, self._view_labels] + (
+                        [first_fetch] if first_fetch is not None and not first else []))
+                except tf.errors.OutOfRangeError:
+                    break
+                first.extend(fetched[2:])
+                batches.append(fetched[:2])
+            return (np.concatenate([b[0] for b in batches]),
+                    np.concatenate([b[1] for b in batches]))
+
+        built = build(directory, key, self.split, self.views, run_shard)
+        log.info('feature cache: %s %d views of %d images from %s (%s per view), in %s',
+                 'built' if built else 'reused', self.views, len(self.split.paths), self.point,
+                 'x'.join(map(str, self.shape)), directory)
+        session.run(self._stored.initializer, {self._files: shard_files(
+            directory, self.views, len(self.split.paths))})
+        return first[0] if first else None

@@ -1,0 +1,192 @@
+"""features.py: the frozen prefix stored once per view, the head trained from what is stored."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import data
+import demo
+import features
+import model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('trainable, point', [
+    (['vgg_19/fc8/weights', 'vgg_19/fc8/biases'], 'fc7'),
+    (['vgg_19/fc7/weights', 'vgg_19/fc8/weights'], 'pool5'),
+    (['vgg_19/fc6/weights', 'vgg_19/fc7/biases', 'vgg_19/fc8/weights'], 'pool5'),
+    (['vgg_19/conv5/conv5_3/weights', 'vgg_19/fc8/weights'], 'pool4'),
+    (['vgg_19/conv4/conv4_4/weights', 'vgg_19/fc8/weights'], None),  # conv4 trains
+    (['vgg_19/conv1/conv1_1/weights', 'vgg_19/fc8/weights'], None),
+    ([], None),
+])
+def test_the_boundary_is_the_end_point_below_the_first_layer_that_trains(trainable, point):
+    assert features.boundary(trainable) == point
+
+
+def test_the_frozen_layers_are_those_below_the_boundary():
+    assert features.frozen_layers('fc7') == ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6',
+                                             'fc7')
+    assert features.frozen_layers('pool5')[-1] == 'conv5'
+    assert features.frozen_layers('pool4')[-1] == 'conv4'
+
+
+def test_auto_caches_only_when_the_run_reads_its_views_at_least_once():
+    # 100 training images, 4 views: building costs 400 forward passes, so a run of 400 images
+    # or more gains, one of 399 would lose.
+    assert features.decide('auto', 'fc7', remaining_images=400, train_images=100, views=4)[0]
+    use, why = features.decide('auto', 'fc7', remaining_images=399, train_images=100, views=4)
+    assert not use and '399' in why
+    assert features.decide('on', 'fc7', remaining_images=1, train_images=100, views=4)[0]
+    assert not features.decide('off', 'fc7', remaining_images=10 ** 6, train_images=1)[0]
+
+
+@pytest.mark.parametrize('settings, reason', [
+    (dict(point=None), 'below conv5'),
+    (dict(towers=2), 'towers'),
+    (dict(cluster=True), 'clusters'),
+    (dict(head_steps=10), '--head-steps'),
+])
+def test_what_cannot_use_the_cache_is_refused_when_asked_and_left_uncached_by_auto(
+        settings, reason):
+    options = dict(dict(point='fc7', remaining_images=10 ** 6, train_images=10), **settings)
+    point = options.pop('point')
+    with pytest.raises(features.CacheError, match=reason):
+        features.decide('on', point, **options)
+    use, why = features.decide('auto', point, **options)
+    assert not use and reason.strip('-') in why
+
+
+@pytest.mark.parametrize('point', model.STARTS)
+@pytest.mark.parametrize('size', [32, 64])
+def test_vgg_19_from_a_stored_end_point_computes_what_the_whole_network_does(point, size):
+    settings = dict(class_ids=list('abc'), fc_conv_padding='SAME', global_pool=True)
+    with tf.Graph().as_default():
+        images = tf.placeholder(tf.float32, [2, size, size, 3])
+        logits, end_points = model.classifier(images, settings, is_training=False, init='he')
+        prefix = features.output(end_points, point, settings['global_pool'])
+        stored = tf.placeholder(tf.float32, prefix.shape)
+        head, head_points = model.classifier(stored, settings, is_training=False, reuse=True,
+                                             start=point)
+        # Only the layers above the boundary are built on the stored features.
+        assert not any('conv1' in name for name in head_points)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            pixels = np.random.RandomState(0).uniform(-100, 100, images.shape).astype(np.float32)
+            whole, values = session.run([logits, prefix], {images: pixels})
+            np.testing.assert_array_equal(session.run(head, {stored: values}), whole)
+
+
+def _fake_prefix(split):
+    """A run_shard whose features say which view and which image they are: [view, image]."""
+    index = {path: i for i, path in enumerate(split.paths)}
+    calls = []
+
+    def run_shard(view, paths, labels):
+        calls.append((view, paths[0]))
+        return (np.array([[view, index[p]] for p in paths], np.float32).reshape(-1, 1, 1, 2),
+                np.array(labels))
+    return run_shard, calls
+
+
+def _split(count):
+    return data.Split(['/images/%04d.jpg' % i for i in range(count)],
+                      [i % 3 for i in range(count)])
+
+
+def test_each_epoch_reads_every_image_once_in_its_own_view(tmp_path, monkeypatch):
+    monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
+    split, views = _split(10), 2
+    key = {'shape': [1, 1, 2], 'boundary': 'fc7'}
+    run_shard, calls = _fake_prefix(split)
+    assert features.build(str(tmp_path), key, split, views, run_shard) == 20
+    with tf.Graph().as_default():
+        files = tf.placeholder(tf.string, [None, None])
+        iterator = tf.data.make_initializable_iterator(
+            features.pipeline(files, [1, 1, 2], batch_size=1, num_images=10, seed=1))
+        stored, labels = iterator.get_next()
+        with tf.Session() as session:
+            shards = features.shard_files(str(tmp_path), views, 10)
+            session.run(iterator.initializer, {files: shards})
+            orders = []
+            for epoch in range(4):
+                seen = [session.run([stored, labels]) for _ in range(10)]
+                assert {int(s[0, 0, 0, 0]) for s, _ in seen} == {epoch % views}
+                orders.append([int(s[0, 0, 0, 1]) for s, _ in seen])
+                assert sorted(orders[-1]) == list(range(10))
+                # The label travels with its features.
+                assert all(int(label[0]) == split.labels[int(s[0, 0, 0, 1])] for s, label in seen)
+            assert len({tuple(order) for order in orders}) == 4  # a new order every epoch
+
+
+def test_a_killed_build_resumes_and_a_shard_that_does_not_read_back_whole_is_built_again(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
+    split, views, directory = _split(10), 2, str(tmp_path)
+    key = {'shape': [1, 1, 2], 'boundary': 'fc7'}
+    run_shard, calls = _fake_prefix(split)
+
+    def killed_at_the_fourth(view, paths, labels):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run_shard(view, paths, labels)
+    with pytest.raises(KeyboardInterrupt):
+        features.build(directory, key, split, views, killed_at_the_fourth)
+    left = features.missing_shards(directory, key, [1, 1, 2], views, 10)
+    assert left == [(1, 0), (1, 1), (1, 2)]
+    assert not [f for f in os.listdir(directory) if f.endswith('.tmp')]
+    assert features.build(directory, key, split, views, run_shard) == 4 + 4 + 2
+    assert features.missing_shards(directory, key, [1, 1, 2], views, 10) == []
+    # A shard cut short, and one missing: only those two are built again.
+    path = os.path.join(directory, features.shard_name(0, 1))
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) - 4)
+    os.remove(os.path.join(directory, features.shard_name(1, 2)))
+    assert features.missing_shards(directory, key, [1, 1, 2], views, 10) == [(0, 1), (1, 2)]
+    assert features.build(directory, key, split, views, run_shard) == 4 + 2
+    # An index of another key describes other features: everything is built again.
+    assert len(features.missing_shards(directory, dict(key, boundary='pool5'), [1, 1, 2],
+                                       views, 10)) == 6
+
+
+def _train(dataset, out, cache, *flags):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', dataset,
+         '--checkpoint-dir', out, '--cache-dir', cache, '--pretrained', 'none', '--image-size',
+         '32', '--batch-size', '8', '--epochs', '2', '--trainable-scopes', 'vgg_19/fc8',
+         '--validate-every', '0', '--cache-views', '2'] + list(flags),
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+@pytest.mark.slow
+def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(tmp_path):
+    dataset, cache = str(tmp_path / 'photos'), str(tmp_path / 'cache')
+    demo.make_many(dataset, 30, classes=3)
+    first = _train(dataset, str(tmp_path / 'a'), cache)
+    assert 'feature cache: on, from fc7 up' in first and 'feature cache: built 2 views' in first
+    # The same frozen weights (resumed from a's checkpoint, copied), another learning rate,
+    # label smoothing and epochs: the stored features are the same.
+    shutil.copytree(str(tmp_path / 'a'), str(tmp_path / 'b'))
+    second = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '4', '--learning-rate',
+                    '0.01', '--label-smoothing', '0.1')
+    assert 'feature cache: reused 2 views' in second, second
+    # The whole model is in the checkpoints, the frozen layers included.
+    reader = tf.train.load_checkpoint(str(tmp_path / 'b'))
+    assert reader.get_tensor('vgg_19/conv1/conv1_1/weights').shape == (3, 3, 3, 64)
+    # A file that changed: a new cache.
+    victim = os.path.join(dataset, sorted(os.listdir(dataset))[0])
+    victim = os.path.join(victim, sorted(os.listdir(victim))[0])
+    os.utime(victim, (1, 1))
+    third = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6')
+    assert 'feature cache: built 2 views' in third
+    assert len(os.listdir(cache)) == 2
+    # --feature-cache off: no cache, the images themselves.
+    fourth = _train(dataset, str(tmp_path / 'c'), cache, '--feature-cache', 'off')
+    assert 'feature cache: off (--feature-cache off)' in fourth and len(os.listdir(cache)) == 2
