@@ -12,6 +12,13 @@
 3. inference: inference.Predictor against the Keras model's `predict_on_batch`;
 4. the matrix-multiply ceiling of this machine in float32 and bfloat16, beside the training
    step's achieved GFLOP/s;
+6. cache: head-only training (fc8, as the demo) on the demo dataset at --cache-image-size for
+   --cache-epochs, from the same frozen weights (a random He-initialised VGG19 checkpoint, as no
+   ImageNet one can be fetched here): train.py with the feature cache (building it included)
+   against train.py without it, a second run with other head settings that reuses the cache,
+   and Keras 3's frozen-base recipe (VGG19(include_top=False), trainable=False, a new dense
+   head, image_dataset_from_directory, random crop and flip layers, `fit` for the same epochs,
+   the same precision); the wall-clock of each whole command, and its validation accuracy;
 5. scale: what a run costs at two dataset sizes (--scale-images, synthetic: small JPEGs in 101
    class folders), one step of train.py each: the start-up to the first step, the image
    check's images/s, peak memory, graph.pbtxt and .meta size, the end of the run (from the
@@ -37,6 +44,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +70,7 @@ import train
 # scale with the image area; at other sizes the figure is that scaling, an estimate.
 VGG19_MACS_224 = 19.6e9
 TRAIN_STEP_FORWARDS = 3
-PARTS = ('pipeline', 'train', 'inference', 'matmul', 'scale')
+PARTS = ('pipeline', 'train', 'inference', 'matmul', 'scale', 'cache')
 DTYPES = {'fp32': tf.float32, 'bf16': tf.bfloat16, 'fp16': tf.float16}
 KERAS_POLICY = {'fp32': 'float32', 'bf16': 'mixed_bfloat16', 'fp16': 'mixed_float16'}
 
@@ -78,7 +86,9 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=1, help='training steps in each timing')
     p.add_argument('--pipeline-batches', type=int, default=16, help='batches in each timing')
     p.add_argument('--skip', default='', help='comma-separated parts not to run: '
-                                              'pipeline,train,inference,matmul,scale')
+                                              'pipeline,train,inference,matmul,scale,cache')
+    p.add_argument('--cache-image-size', type=int, default=64, help='of the cache part')
+    p.add_argument('--cache-epochs', type=int, default=20, help='of the cache part')
     p.add_argument('--scale-images', default='2020,8080',
                    help='the two dataset sizes of the scale part (e.g. 101000,1000000: '
                         'Food-101 and ImageNet-sized, an hour and ~25 GB of disk)')
@@ -93,7 +103,8 @@ def parse_args(argv=None):
     unknown = set(train.scopes(args.skip)) - set(PARTS)
     if unknown:
         p.error('--skip %s: the parts are %s' % (','.join(sorted(unknown)), ','.join(PARTS)))
-    for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches'):
+    for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches',
+                 'cache_epochs'):
         if getattr(args, flag) < 1:
             p.error('--%s must be at least 1' % flag.replace('_', '-'))
     try:
@@ -103,8 +114,9 @@ def parse_args(argv=None):
     if len(args.scale_images) != 2 or min(args.scale_images) < 2 * SCALE_CLASSES:
         p.error('--scale-images must be two sizes of at least %d, e.g. 2020,8080'
                 % (2 * SCALE_CLASSES))
-    if args.image_size < 32 or args.long_side < args.image_size:
-        p.error('--image-size must be at least 32, and --long-side at least --image-size')
+    if min(args.image_size, args.cache_image_size) < 32 or args.long_side < args.image_size:
+        p.error('--image-size and --cache-image-size must be at least 32, and --long-side at '
+                'least --image-size')
     return args
 
 
@@ -432,6 +444,102 @@ def bench_scale(sizes, directory):
 
 
 # ---------------------------------------------------------------------------------------------
+# The feature cache: the common job, a head on a frozen base, with and without it.
+
+CACHE_FLAGS = ['--trainable-scopes', 'vgg_19/fc8', '--dropout-keep-prob', '1', '--batch-size',
+               '32', '--validate-every', '0', '--keep-checkpoints', '1']
+
+
+def random_vgg19(path, seed=0):
+    """A VGG19 checkpoint of He-initialised random weights with slim's names: the same frozen
+    weights for every side of the cache part."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for scope, kernel in model.vgg19_shapes(1000).items():
+        weights[scope + '/weights'] = rng.normal(0, np.sqrt(2 / np.prod(kernel[:3])),
+                                                 kernel).astype(np.float32)
+        weights[scope + '/biases'] = np.zeros(kernel[-1], np.float32)
+    return model.write_checkpoint(weights, path)
+
+
+def timed_train(root, pretrained, out, cache_dir, args, precision, *flags):
+    """(seconds, validation accuracy) of one whole train.py command."""
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            'train.py'), '--dataset', root, '--pretrained',
+               pretrained, '--checkpoint-dir', out, '--cache-dir', cache_dir, '--image-size',
+               str(args.cache_image_size), '--epochs', str(args.cache_epochs), '--precision',
+               precision] + CACHE_FLAGS + list(flags)
+    started = time.time()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError('the cache part\'s train.py failed: %s' % result.stderr[-1000:])
+    return time.time() - started, model.load_best(out)['accuracy']
+
+
+def keras_frozen_fit(connection, root, args, precision):
+    """Keras 3's frozen-base recipe on `root`, in a process of its own: sends its validation
+    accuracy. (Its frozen weights are Keras' own random ones: its time compares, its accuracy
+    only says that it learned.)"""
+    import keras
+    keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
+    size = args.cache_image_size
+    resized = data.resize_side_range(size)[0]  # the short side slim's eval resize gives
+    train_ds, val_ds = keras.utils.image_dataset_from_directory(
+        root, validation_split=0.2, subset='both', seed=0, image_size=(resized, resized),
+        batch_size=32)
+    classes = len(train_ds.class_names)
+    # Random crop and flip for training, the central crop for validation, as this tool does.
+    train_ds = train_ds.map(lambda x, y: (tf2.image.random_flip_left_right(tf2.image.random_crop(
+        x, [tf2.shape(x)[0], size, size, 3])), y)).prefetch(tf2.data.AUTOTUNE)
+    val_ds = val_ds.map(lambda x, y: (tf2.image.resize_with_crop_or_pad(x, size, size), y))
+    base = keras.applications.VGG19(weights=None, include_top=False, input_shape=(size, size, 3))
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    x = keras.applications.vgg19.preprocess_input(inputs)
+    x = keras.layers.Flatten()(base(x, training=False))
+    outputs = keras.layers.Dense(classes, dtype='float32')(x)
+    net = keras.Model(inputs, outputs)
+    net.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9), metrics=['accuracy'],
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = net.fit(train_ds, epochs=args.cache_epochs, validation_data=val_ds,
+                      validation_freq=args.cache_epochs, verbose=0)
+    connection.send(history.history['val_accuracy'][-1])
+
+
+def bench_cache(args, directory, precision):
+    """The wall-clock and validation accuracy of each side of the cache part, and the ratios."""
+    root, cache_dir = os.path.join(directory, 'cache-demo'), os.path.join(directory, 'features')
+    demo.make_dataset(root)
+    pretrained = random_vgg19(os.path.join(directory, 'random-vgg19', 'vgg_19.ckpt'))
+    runs = {}
+    runs['cached'] = timed_train(root, pretrained, os.path.join(directory, 'c1'), cache_dir,
+                                 args, precision, '--feature-cache', 'on')
+    runs['reused'] = timed_train(root, pretrained, os.path.join(directory, 'c2'), cache_dir,
+                                 args, precision, '--feature-cache', 'on', '--learning-rate',
+                                 '3e-3', '--label-smoothing', '0.1')
+    runs['uncached'] = timed_train(root, pretrained, os.path.join(directory, 'c3'), cache_dir,
+                                   args, precision, '--feature-cache', 'off')
+    context = multiprocessing.get_context('spawn')
+    here, there = context.Pipe()
+    started = time.time()
+    process = context.Process(target=keras_frozen_fit, args=(there, root, args, precision))
+    process.start()
+    there.close()
+    try:
+        accuracy = here.recv()
+    except EOFError:
+        raise RuntimeError('the Keras side of the cache part died (its error above)')
+    finally:
+        process.join()
+    runs['keras'] = (time.time() - started, accuracy)
+    result = {side: {'seconds': t, 'accuracy': a} for side, (t, a) in runs.items()}
+    for side in ('uncached', 'keras'):
+        result[side + '_over_cached'] = runs[side][0] / runs['cached'][0]
+    result['uncached_over_reused'] = runs['uncached'][0] / runs['reused'][0]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 
 def precisions(requested):
     """The precisions to measure: fp32 and the one training's `auto` picks here, or the one
@@ -451,7 +559,8 @@ def run(args):
               'cpu_bf16': sorted(set(hardware.CPU_BF16_FLAGS) & hardware.cpu_flags()),
               'date': time.strftime('%Y-%m-%d'), 'tensorflow': tf2.__version__,
               'xla': args.xla, 'keras_xla': args.keras_xla, 'batch_size': args.batch_size,
-              'image_size': args.image_size, 'pairs': args.pairs, 'precisions': {}}
+              'image_size': args.image_size, 'pairs': args.pairs, 'precisions': {},
+              'cache_image_size': args.cache_image_size, 'cache_epochs': args.cache_epochs}
     with tempfile.TemporaryDirectory(prefix='bench-') as directory:
         if 'scale' not in skip:
             result['scale'] = bench_scale(args.scale_images, directory)
@@ -464,6 +573,8 @@ def run(args):
             if not {'train', 'inference'} <= skip:
                 for name, measured in bench_model(args, directory, precision, skip).items():
                     figures[name], figures[name + '_speedup'] = measured, measured['ratio']
+            if 'cache' not in skip:
+                figures['cache'] = bench_cache(args, directory, precision)
             if 'matmul' not in skip:
                 figures['matmul_gflops'] = matmul_gflops(DTYPES[precision])
                 if 'train' in figures:
@@ -483,17 +594,27 @@ def table(result):
         result['batch_size'], result['image_size'], result['pairs'])]
     rows = [('pipeline', 'naive tf.data', result)] if 'pipeline' in result else []
     for precision, figures in result['precisions'].items():
-        lines += ['', '| %s, images/s | this tool | baseline | speedup (min-max) |' % precision,
-                  '|---|---|---|---|']
         keras = 'Keras 3 %s' % KERAS_POLICY[precision]
-        for name, baseline, source in rows + [('train', keras, figures),
-                                              ('inference', keras, figures)]:
-            if name in source:
-                r = source[name]
-                lines.append('| %s (baseline: %s) | %.3g | %.3g | %.2fx (%.2f-%.2f) |' % (
-                    name, baseline, r['a'], r['b'], r['ratio'], r['ratio_min'],
-                    r['ratio_max']))
+        measured = ['| %s (baseline: %s) | %.3g | %.3g | %.2fx (%.2f-%.2f) |' % (
+            name, baseline, source[name]['a'], source[name]['b'], source[name]['ratio'],
+            source[name]['ratio_min'], source[name]['ratio_max'])
+            for name, baseline, source in rows + [('train', keras, figures),
+                                                  ('inference', keras, figures)]
+            if name in source]
+        if measured:
+            lines += ['', '| %s, images/s | this tool | baseline | speedup (min-max) |'
+                      % precision, '|---|---|---|---|'] + measured
         rows = []  # the pipeline does not depend on the precision: in the first table only
+        if 'cache' in figures:
+            c = figures['cache']
+            lines += ['', '| %s, head-only, demo dataset, %d px, %d epochs | wall-clock, s | '
+                      'validation accuracy | cached is faster |' % (
+                          precision, result['cache_image_size'], result['cache_epochs']),
+                      '|---|---|---|---|']
+            for side, name, ratio in CACHE_ROWS:
+                lines.append('| %s | %.0f | %.3f | %s |' % (
+                    name, c[side]['seconds'], c[side]['accuracy'],
+                    '%.1fx' % c[ratio] if ratio else ''))
         if 'matmul_gflops' in figures:
             lines.append('')
             lines.append('matmul ceiling %.0f GFLOP/s' % figures['matmul_gflops'] + (
@@ -513,6 +634,10 @@ def table(result):
     return '\n'.join(lines)
 
 
+CACHE_ROWS = (('cached', 'train.py, feature cache built', None),
+              ('reused', 'train.py, other head settings, cache reused', None),
+              ('uncached', 'train.py, --feature-cache off', 'uncached_over_cached'),
+              ('keras', "Keras 3's frozen-base recipe", 'keras_over_cached'))
 SCALE_ROWS = (('startup_s', 'start-up to the first step, s', '%.1f'),
               ('check_images_per_s', 'image check, images/s', '%.0f'),
               ('peak_memory_gb', 'peak memory, GB', '%.2f'),

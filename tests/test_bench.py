@@ -29,7 +29,8 @@ def test_bench_runs_every_part_and_prints_the_speedups(tmp_path):
     out = subprocess.run(
         [sys.executable, 'bench.py', '--json', '--images', '12', '--long-side', '64',
          '--image-size', '32', '--batch-size', '2', '--classes', '3', '--pairs', '1',
-         '--pipeline-batches', '2', '--scale-images', '202,404'],
+         '--pipeline-batches', '2', '--scale-images', '202,404', '--cache-image-size', '32',
+         '--cache-epochs', '1'],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, TMPDIR=str(tmp_path)))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -41,6 +42,10 @@ def test_bench_runs_every_part_and_prints_the_speedups(tmp_path):
         for name in ('train', 'inference'):
             assert figures[name + '_speedup'] > 0 and figures[name]['a'] > 0
         assert figures['matmul_gflops'] > 0 and 0 < figures['train_share_of_ceiling']
+        # Each side of the cache part ran to its end and was validated.
+        for side in ('cached', 'reused', 'uncached', 'keras'):
+            assert figures['cache'][side]['seconds'] > 0
+            assert 0 <= figures['cache'][side]['accuracy'] <= 1
     small, large = result['scale']['sizes']
     assert (small['images'], large['images']) == (202, 404)
     # The file lists stay out of the graph.
@@ -64,7 +69,7 @@ def test_every_precision_training_runs_here_gets_its_table(monkeypatch, flags, e
     (['--scale-images', '5000'], '--scale-images must be two sizes of at least 202, e.g. '
                                  '2020,8080'),
     (['--skip', 'pipeline,trian'],
-     '--skip trian: the parts are pipeline,train,inference,matmul,scale'),
+     '--skip trian: the parts are pipeline,train,inference,matmul,scale,cache'),
 ])
 def test_bad_flags_are_one_line_errors(flags, message):
     out = subprocess.run([sys.executable, 'bench.py'] + flags, cwd=ROOT,
