@@ -75,11 +75,20 @@ def test_vgg_19_from_a_stored_end_point_computes_what_the_whole_network_does(poi
                                              start=point)
         # Only the layers above the boundary are built on the stored features.
         assert not any('conv1' in name for name in head_points)
+        # The same loss, so the same gradients for what trains above the boundary.
+        above = [v for v in tf.trainable_variables()
+                 if features.layer_of(v.op.name) not in features.frozen_layers(point)]
+        weights = tf.constant(np.random.RandomState(1).normal(size=[2, 3]), tf.float32)
+        gradients = tf.gradients(tf.reduce_sum(logits * weights), above)
+        head_gradients = tf.gradients(tf.reduce_sum(head * weights), above)
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             pixels = np.random.RandomState(0).uniform(-100, 100, images.shape).astype(np.float32)
-            whole, values = session.run([logits, prefix], {images: pixels})
-            np.testing.assert_array_equal(session.run(head, {stored: values}), whole)
+            whole, values, expected = session.run([logits, prefix, gradients], {images: pixels})
+            got, cached = session.run([head, head_gradients], {stored: values})
+            np.testing.assert_array_equal(got, whole)
+            for a, b in zip(cached, expected):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _fake_prefix(split):
