@@ -18,7 +18,8 @@
    against train.py without it, a second run with other head settings that reuses the cache,
    and Keras 3's frozen-base recipe (VGG19(include_top=False), trainable=False, a new dense
    head, image_dataset_from_directory, random crop and flip layers, `fit` for the same epochs,
-   the same precision); the wall-clock of each whole command, and its validation accuracy;
+   the same precision); the wall-clock of each whole command, and its validation accuracy, in
+   the precision training picks (the last one measured);
 5. scale: what a run costs at two dataset sizes (--scale-images, synthetic: small JPEGs in 101
    class folders), one step of train.py each: the start-up to the first step, the image
    check's images/s, peak memory, graph.pbtxt and .meta size, the end of the run (from the
@@ -568,12 +569,14 @@ def run(args):
             with tf.Graph().as_default():
                 result['pipeline'] = bench_pipeline(args, directory)
             result['pipeline_speedup'] = result['pipeline']['ratio']
+        # The cache part runs whole commands: in the precision training picks alone.
+        training_precision = precisions(args.precision)[-1]
         for precision in precisions(args.precision):
             figures = result['precisions'][precision] = {}
             if not {'train', 'inference'} <= skip:
                 for name, measured in bench_model(args, directory, precision, skip).items():
                     figures[name], figures[name + '_speedup'] = measured, measured['ratio']
-            if 'cache' not in skip:
+            if 'cache' not in skip and precision == training_precision:
                 figures['cache'] = bench_cache(args, directory, precision)
             if 'matmul' not in skip:
                 figures['matmul_gflops'] = matmul_gflops(DTYPES[precision])

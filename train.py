@@ -599,9 +599,10 @@ def _train(args, extra_hooks):
     if cached:
         cache = features.Cache(
             dataset.train, point, lambda images: network(images, settings, args)[1],
-            settings['global_pool'], dict(image_size=args.image_size, precision=precision,
-                                          preprocessing=settings['preprocessing'],
-                                          dropout_keep_prob=args.dropout_keep_prob),
+            settings['global_pool'], dict(  # and fc6's dropout, where it lies below
+                image_size=args.image_size, precision=precision,
+                preprocessing=settings['preprocessing'],
+                dropout6=args.dropout_keep_prob if point == 'fc7' else None),
             args.image_size, args.batch_size, args.val_batch_size, args.cache_views,
             args.cache_dir, args.seed)
         images, labels, inputs = cache.features, cache.labels, cache.view_images

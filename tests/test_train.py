@@ -454,9 +454,11 @@ def tiny(monkeypatch):
     monkeypatch.setattr(model, 'vgg_19', tiny_train.tiny_vgg_19)
 
 
-# fp32 on every CPU kind: the loss is compared with a formula in float64.
+# fp32 on every CPU kind: the loss is compared with a formula in float64. No feature cache:
+# the tiny network has no end points to start from.
 TINY = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--log-every', '1',
-        '--summary-every', '1', '--save-every-secs', '3600', '--precision', 'fp32']
+        '--summary-every', '1', '--save-every-secs', '3600', '--precision', 'fp32',
+        '--feature-cache', 'off']
 
 
 def _colour_dataset(root, per_class=10):
