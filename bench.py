@@ -481,6 +481,7 @@ def keras_frozen_fit(connection, root, args, precision):
     """Keras 3's frozen-base recipe on `root`, in a process of its own: sends its validation
     accuracy. (Its frozen weights are Keras' own random ones: its time compares, its accuracy
     only says that it learned.)"""
+    sys.stdout = sys.stderr  # Keras prints what it found; stdout is the --json output's
     import keras
     keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
     size = args.cache_image_size
