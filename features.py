@@ -179,7 +179,7 @@ def missing_shards(directory, key, shape, views, num_images):
         for s, path in enumerate(files):
             count = counts.get(os.path.basename(path))
             try:
-                whole = count and os.path.getsize(path) == count * record_bytes
+                whole = count is not None and os.path.getsize(path) == count * record_bytes
             except OSError:
                 whole = False
             if not whole:
@@ -198,7 +198,10 @@ def build(directory, key, split, views, run_shard):
     todo = missing_shards(directory, key, shape, views, len(split.paths))
     if not todo:
         return 0
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(directory, e)
     index = read_index(directory)
     if not index or index.get('key') != key:
         index = {'key': key, 'shards': {}}
@@ -211,13 +214,16 @@ def build(directory, key, split, views, run_shard):
         features, labels = run_shard(v, split.paths[chunk], split.labels[chunk])
         records = np.empty([len(labels), record_floats(shape)], np.float32)
         records[:, 0] = labels
-        records[:, 1:] = features.reshape(len(labels), -1)
+        records[:, 1:] = features.reshape(len(labels), records.shape[1] - 1)
         path = os.path.join(directory, shard_name(v, s))
-        with open(path + '.tmp', 'wb') as f:
-            f.write(records.tobytes())
-        os.replace(path + '.tmp', path)
-        index['shards'][shard_name(v, s)] = len(labels)
-        _write_index(directory, index)
+        try:  # whole or not at all: the index lists a shard only once it is in place
+            with open(path + '.tmp', 'wb') as f:
+                f.write(records.tobytes())
+            os.replace(path + '.tmp', path)
+            index['shards'][shard_name(v, s)] = len(labels)
+            _write_index(directory, index)
+        except OSError as e:
+            raise _unwritable(directory, e)
         done_images += len(labels)
         rate = done_images / max(time.time() - started, 1e-9)
         left = (total - n - 1) * SHARD_IMAGES / rate
@@ -226,13 +232,17 @@ def build(directory, key, split, views, run_shard):
     return done_images
 
 
+def _unwritable(directory, error):
+    return CacheError('cannot write the feature cache in %s (%s): free disk space, pass another '
+                      '--cache-dir, or --feature-cache off' % (directory, error.strerror or error))
+
+
 def pipeline(files, shape, batch_size, num_images, seed=None):
     """Endless shuffled batches of (features, int32 labels) from the shard files `files`, a
     [views, shards] string tensor fed at the iterator's initializer: epoch e reads view
     e % views, its shards in a new order and the records shuffled."""
     floats = record_floats(shape)
     views = tf.shape(files, out_type=tf.int64)[0]
-
     buffer = min(num_images, max(8 * batch_size, SHUFFLE_BYTES // (4 * floats)))
 
     def epoch(e):  # shuffled within the epoch, so that it holds each image once
@@ -297,6 +307,8 @@ class Cache:
                     break
                 first.extend(fetched[2:])
                 batches.append(fetched[:2])
+            if not batches:  # not one image of the shard decoded
+                return np.zeros([0] + self.shape, np.float32), np.zeros([0], np.int64)
             return (np.concatenate([b[0] for b in batches]),
                     np.concatenate([b[1] for b in batches]))
 

@@ -772,7 +772,7 @@ def main(argv=None):
         with tf.Graph().as_default():
             train(args)
     except (data.DatasetError, model.CheckpointError, model.SettingsError,
-            hardware.HardwareError, parallel.ClusterError) as e:
+            hardware.HardwareError, parallel.ClusterError, features.CacheError) as e:
         print('train.py: error: %s' % e, file=sys.stderr)
         return 2
     except NonFiniteError as e:

@@ -199,3 +199,31 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     # --feature-cache off: no cache, the images themselves.
     fourth = _train(dataset, str(tmp_path / 'c'), cache, '--feature-cache', 'off')
     assert 'feature cache: off (--feature-cache off)' in fourth and len(os.listdir(cache)) == 2
+
+
+def test_a_shard_whose_images_all_failed_is_complete_and_an_unwritable_cache_is_one_line(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
+    split, key = _split(4), {'shape': [1, 1, 2], 'boundary': 'fc7'}
+
+    def nothing_decoded(view, paths, labels):
+        return np.zeros([0, 1, 1, 2], np.float32), np.zeros([0], np.int64)
+    assert features.build(str(tmp_path), key, split, 1, nothing_decoded) == 0
+    assert features.missing_shards(str(tmp_path), key, [1, 1, 2], 1, 4) == []
+    (tmp_path / 'a-file').write_text('')
+    with pytest.raises(features.CacheError, match='cannot write the feature cache in .*a-file'):
+        features.build(str(tmp_path / 'a-file' / 'cache'), key, split, 1, nothing_decoded)
+
+
+@pytest.mark.slow
+def test_feature_cache_on_where_it_cannot_work_is_a_one_line_error(tmp_path, capsys):
+    import train
+    dataset = str(tmp_path / 'photos')
+    demo.make_many(dataset, 20, classes=2)
+    code = train.main(['--dataset', dataset, '--checkpoint-dir', str(tmp_path / 'run'),
+                       '--pretrained', 'none', '--image-size', '32', '--batch-size', '4',
+                       '--feature-cache', 'on'])  # everything trains: nothing is frozen
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == (
+        'train.py: error: --feature-cache on: the layers below conv5 train, so nothing frozen '
+        'is worth storing; use --feature-cache auto or off')
