@@ -206,7 +206,7 @@ def build(directory, key, split, views, run_shard):
     if not index or index.get('key') != key:
         index = {'key': key, 'shards': {}}
     total = len(todo)
-    done_images, started = 0, time.time()
+    done_images, read, started = 0, 0, time.time()
     log.info('feature cache: building %d of %d shards (%d views of %d images) in %s', total,
              views * -(-len(split.paths) // SHARD_IMAGES), views, len(split.paths), directory)
     for n, (v, s) in enumerate(todo):
@@ -224,8 +224,8 @@ def build(directory, key, split, views, run_shard):
             _write_index(directory, index)
         except OSError as e:
             raise _unwritable(directory, e)
-        done_images += len(labels)
-        rate = done_images / max(time.time() - started, 1e-9)
+        done_images, read = done_images + len(labels), read + len(split.paths[chunk])
+        rate = read / max(time.time() - started, 1e-9)
         left = (total - n - 1) * SHARD_IMAGES / rate
         log.info('feature cache: %d/%d shards, %d image views, %.1f/s, %dm%02ds left', n + 1,
                  total, done_images, rate, left // 60, left % 60)
