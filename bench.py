@@ -1,6 +1,6 @@
 """Images per second of this tool against the alternatives, side by side, in one run.
 
-    python bench.py                  # the table: about 5 minutes on 2 CPU cores
+    python bench.py                  # the tables: about 10 minutes on 2 CPU cores
     python bench.py --json           # the same as one JSON object
     python bench.py --pairs 5 --steps 3 --precision fp32
 
