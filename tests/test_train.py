@@ -477,7 +477,13 @@ def _colour_dataset(root, per_class=10):
 
 
 @pytest.mark.slow
-def test_training_learns(tiny, tmp_path):
+def test_training_learns(tiny, tmp_path, monkeypatch):
+    # The same first weights every time: from some random ones (about 1 in 6 runs) this small
+    # network's loss swung for the 60 steps instead of settling.
+    def seeded(*args, **kwargs):
+        tf.set_random_seed(1)
+        return tiny_train.tiny_vgg_19(*args, **kwargs)
+    monkeypatch.setattr(model, 'vgg_19', seeded)
     out = str(tmp_path / 'run')
     flags = ['--dataset', _colour_dataset(str(tmp_path / 'colours')), '--checkpoint-dir', out,
              '--max-steps', '60', '--validate-every', '0', '--learning-rate', '0.01',
