@@ -347,6 +347,12 @@ def split_feed(placeholders, split):
     return {placeholders.paths: split.paths, placeholders.labels: split.labels}
 
 
+def _train_example(image_size):
+    """(path, label) -> (the image augmented for training, label): what training and the
+    feature cache's views read."""
+    return lambda path, label: (decode_for_train(tf.io.read_file(path), image_size), label)
+
+
 def train_pipeline(split, image_size, batch_size, seed=None):
     """Endless shuffled batches of (images, labels) with training augmentation, fixed shapes.
     `split` holds lists, or tensors (split_placeholders)."""
@@ -355,8 +361,8 @@ def train_pipeline(split, image_size, batch_size, seed=None):
     ds = ds.shuffle(tf.size(split.paths, out_type=tf.int64), seed=seed,
                     reshuffle_each_iteration=True).repeat()
     # Images come out as they are ready, not in file order: the order is random anyway.
-    ds = ds.map(lambda path, label: (decode_for_train(tf.io.read_file(path), image_size), label),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.map(_train_example(image_size), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=False)
     # A file that went bad after the check drops itself here, before batching, not its batch.
     ds = ds.ignore_errors()
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -366,8 +372,7 @@ def views_pipeline(split, image_size, batch_size):
     """One pass over `split` (lists, or tensors) as batches of (images, labels), each image
     augmented as for training: the views that features.py stores."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
-    ds = ds.map(lambda path, label: (decode_for_train(tf.io.read_file(path), image_size), label),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_train_example(image_size), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -138,6 +138,7 @@ def cache_dir(root, key):
 
 
 def shard_name(view, shard):
+    """The file name of a view's shard."""
     return 'view%d-%05d.rec' % (view, shard)
 
 
@@ -154,6 +155,7 @@ def record_floats(shape):
 
 
 def read_index(directory):
+    """The cache's index.json (its key and each finished shard's record count), or None."""
     try:
         with open(os.path.join(directory, INDEX_FILE)) as f:
             return json.load(f)
@@ -168,12 +170,12 @@ def _write_index(directory, index):
     os.replace(path + '.tmp', path)
 
 
-def missing_shards(directory, key, shape, views, num_images):
+def missing_shards(directory, key, views, num_images):
     """The (view, shard) pairs still to build: not listed in the index, or not of the size it
     lists (a shard that does not read back whole)."""
     index = read_index(directory)
     counts = index['shards'] if index and index.get('key') == key else {}
-    record_bytes = 4 * record_floats(shape)
+    record_bytes = 4 * record_floats(key['shape'])
     missing = []
     for v, files in enumerate(shard_files(directory, views, num_images)):
         for s, path in enumerate(files):
@@ -195,7 +197,7 @@ def build(directory, key, split, views, run_shard):
     each view, and returns (features, labels) arrays.
     """
     shape = key['shape']
-    todo = missing_shards(directory, key, shape, views, len(split.paths))
+    todo = missing_shards(directory, key, views, len(split.paths))
     if not todo:
         return 0
     try:

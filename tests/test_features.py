@@ -146,21 +146,20 @@ def test_a_killed_build_resumes_and_a_shard_that_does_not_read_back_whole_is_bui
         return run_shard(view, paths, labels)
     with pytest.raises(KeyboardInterrupt):
         features.build(directory, key, split, views, killed_at_the_fourth)
-    left = features.missing_shards(directory, key, [1, 1, 2], views, 10)
+    left = features.missing_shards(directory, key, views, 10)
     assert left == [(1, 0), (1, 1), (1, 2)]
     assert not [f for f in os.listdir(directory) if f.endswith('.tmp')]
     assert features.build(directory, key, split, views, run_shard) == 4 + 4 + 2
-    assert features.missing_shards(directory, key, [1, 1, 2], views, 10) == []
+    assert features.missing_shards(directory, key, views, 10) == []
     # A shard cut short, and one missing: only those two are built again.
     path = os.path.join(directory, features.shard_name(0, 1))
     with open(path, 'r+b') as f:
         f.truncate(os.path.getsize(path) - 4)
     os.remove(os.path.join(directory, features.shard_name(1, 2)))
-    assert features.missing_shards(directory, key, [1, 1, 2], views, 10) == [(0, 1), (1, 2)]
+    assert features.missing_shards(directory, key, views, 10) == [(0, 1), (1, 2)]
     assert features.build(directory, key, split, views, run_shard) == 4 + 2
     # An index of another key describes other features: everything is built again.
-    assert len(features.missing_shards(directory, dict(key, boundary='pool5'), [1, 1, 2],
-                                       views, 10)) == 6
+    assert len(features.missing_shards(directory, dict(key, boundary='pool5'), views, 10)) == 6
 
 
 def _train(dataset, out, cache, *flags):
@@ -209,7 +208,7 @@ def test_a_shard_whose_images_all_failed_is_complete_and_an_unwritable_cache_is_
     def nothing_decoded(view, paths, labels):
         return np.zeros([0, 1, 1, 2], np.float32), np.zeros([0], np.int64)
     assert features.build(str(tmp_path), key, split, 1, nothing_decoded) == 0
-    assert features.missing_shards(str(tmp_path), key, [1, 1, 2], 1, 4) == []
+    assert features.missing_shards(str(tmp_path), key, 1, 4) == []
     (tmp_path / 'a-file').write_text('')
     with pytest.raises(features.CacheError, match='cannot write the feature cache in .*a-file'):
         features.build(str(tmp_path / 'a-file' / 'cache'), key, split, 1, nothing_decoded)
