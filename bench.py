@@ -64,6 +64,7 @@ import data
 import demo
 import inference
 import model
+import parallel
 import train
 
 # VGG19 forward at 224 px: 19.6 G multiply-adds an image (2 FLOPs each); a training step
@@ -224,7 +225,8 @@ def settings_for(args):
 
 class SlimTrainer:
     """train.py's step on a fixed batch, with its default flags: train.tower_loss (VGG19, cross
-    entropy, weight decay), momentum 0.9 (loss-scaled for fp16), hardware.session_config."""
+    entropy, weight decay), parallel.minimize with momentum 0.9 (loss-scaled for fp16),
+    hardware.session_config."""
 
     def __init__(self, args, images, labels, precision):
         self.settings = settings_for(args)
@@ -234,7 +236,8 @@ class SlimTrainer:
                 tf.data.Dataset.from_tensors((images, labels)).repeat()).get_next()
             loss = train.tower_loss(batch[0], batch[1], self.settings, train.parse_args([]))
             optimizer = hardware.loss_scaled(tf.train.MomentumOptimizer(1e-3, 0.9), precision)
-            self.train_op = optimizer.minimize(loss['total_loss'])
+            self.train_op = parallel.minimize(optimizer, [loss['total_loss']], [None], None,
+                                              tf.trainable_variables(), None)
             self.saver = tf.train.Saver(slim.get_model_variables())
             init = tf.global_variables_initializer()
             self.graph.finalize()

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
 import hardware
 import parallel
@@ -144,6 +145,25 @@ def test_a_port_in_use_is_a_cluster_error():
 
 # ---------------------------------------------------------------------------------------------
 # Towers: two on two logical CPU devices compute what one computes on the whole batch.
+
+def test_the_update_lets_onednn_fuse_each_bias_gradient_into_its_filter_gradient():
+    """Gated gradients (compat.v1's default) add control edges that keep the two apart: the
+    bf16 step measured 11% slower on AMX, and behind Keras'."""
+    x = tf.constant(np.ones([2, 8, 8, 3]), tf.float32)
+    y = slim.conv2d(slim.conv2d(x, 4, 3, scope='a'), 4, 3, scope='b')
+    update = parallel.minimize(tf.train.MomentumOptimizer(0.1, 0.9), [tf.reduce_sum(y)], [None],
+                               None, tf.trainable_variables(), None)
+    metadata = tf.RunMetadata()
+    with tf.Session(config=hardware.session_config('fp32')) as session:
+        session.run(tf.global_variables_initializer())
+        session.run(update, run_metadata=metadata,
+                    options=tf.RunOptions(output_partition_graphs=True))
+    ops = [node.op for graph in metadata.partition_graphs for node in graph.node]
+    if not any(op.startswith('_Mkl') for op in ops):
+        pytest.skip('TensorFlow runs without oneDNN here (TF_ENABLE_ONEDNN_OPTS=0)')
+    assert ops.count('_MklNativeConv2DBackpropFilterWithBias') == 2, sorted(ops)
+    assert 'BiasAddGrad' not in ops
+
 
 @pytest.mark.slow
 def test_two_towers_give_the_gradients_and_the_step_of_one_tower_on_the_double_batch():
