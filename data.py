@@ -353,6 +353,16 @@ def _train_example(image_size):
     return lambda path, label: (decode_for_train(tf.io.read_file(path), image_size), label)
 
 
+def bounded_close(ds):
+    """`ds` without tf.data's autotuning thread. Destroying an iterator waits for that thread's
+    next wake-up, and its period grows to a minute over a long run: Session.close took up to
+    61 s at the end of a run (measured, TensorFlow 2.21). AUTOTUNE then means one call per core
+    and a prefetch buffer that grows while its consumer waits."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def train_pipeline(split, image_size, batch_size, seed=None):
     """Endless shuffled batches of (images, labels) with training augmentation, fixed shapes.
     `split` holds lists, or tensors (split_placeholders)."""
@@ -365,7 +375,7 @@ def train_pipeline(split, image_size, batch_size, seed=None):
                 deterministic=False)
     # A file that went bad after the check drops itself here, before batching, not its batch.
     ds = ds.ignore_errors()
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return bounded_close(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
 def views_pipeline(split, image_size, batch_size):
@@ -373,7 +383,7 @@ def views_pipeline(split, image_size, batch_size):
     augmented as for training: the views that features.py stores."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
     ds = ds.map(_train_example(image_size), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return bounded_close(ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_pipeline(split, image_size, batch_size):
@@ -385,7 +395,7 @@ def eval_pipeline(split, image_size, batch_size):
         preprocess_for_eval(decode_image(tf.io.read_file(path)), image_size), label, path),
         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return bounded_close(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +414,7 @@ def find_unreadable(paths):
         ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
         ds = ds.map(lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p)))),
                     num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.ignore_errors().batch(256)
+        ds = bounded_close(ds.ignore_errors().batch(256))
         index, _ = tf.data.make_one_shot_iterator(ds).get_next()
         good = set()
         with tf.Session() as session:

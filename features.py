@@ -260,7 +260,8 @@ def pipeline(files, shape, batch_size, num_images, seed=None):
         values = tf.reshape(tf.io.decode_raw(records, tf.float32), [batch_size, floats])
         return (tf.reshape(values[:, 1:], [batch_size] + list(shape)),
                 tf.cast(values[:, 0], tf.int32))
-    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return data.bounded_close(
+        ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
 class Cache:

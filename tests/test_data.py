@@ -358,3 +358,15 @@ def test_a_class_whose_images_are_all_unreadable_is_refused(tmp_path):
     with pytest.raises(data.DatasetError, match='class dog of .* has no training images left'):
         data.check_classes(kept)
     data.check_classes(data.load_dataset(str(tmp_path)))  # before the check: two full classes
+
+
+def test_no_pipeline_keeps_the_thread_that_made_the_end_of_a_run_wait():
+    # tf.data's autotuning thread wakes at periods that grow to a minute, and destroying an
+    # iterator waits for its next wake-up: Session.close took 6 to 61 s at the end of a run on
+    # 16,160 + 4,040 images (TensorFlow 2.21, 2026-12-02), 0.2 s without it.
+    import features
+    split = data.Split(tf.constant(['a.jpg']), tf.constant([0], tf.int64))
+    files = tf.constant([['v0.rec']])
+    for ds in (data.train_pipeline(split, 32, 2), data.views_pipeline(split, 32, 2),
+               data.eval_pipeline(split, 32, 2), features.pipeline(files, [1, 1, 8], 2, 4)):
+        assert ds.options().autotune.enabled is False
