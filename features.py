@@ -19,15 +19,16 @@ and preprocessing, the precision, dropout where the prefix holds it (fc6's, for 
 boundary), the number of views, and each training file's path, size, modification time and
 label. Runs that differ in anything else (learning rate, epochs, optimizer, label smoothing,
 checkpoint directory) reuse it. It is written in shards, each renamed into place whole and then
-listed in index.json with its record count, so a killed build resumes at the first missing
-shard, a shard that does not read back at its listed size is built again, and nothing
-half-written is read.
+listed in index.json with its record count and CRC-32, so a killed build resumes at the first
+missing shard, a shard that does not read back at its listed size and checksum is built again,
+and nothing half-written or corrupted is read.
 """
 import hashlib
 import json
 import logging
 import os
 import time
+import zlib
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -170,23 +171,32 @@ def _write_index(directory, index):
     os.replace(path + '.tmp', path)
 
 
+def _reads_back(path, listed, record_bytes):
+    """Whether the shard at `path` is what the index lists of it ({'records', 'crc32'}): its
+    size, then its checksum (bytes changed by a disk or a copy, the size kept)."""
+    if not isinstance(listed, dict):  # not listed, or by a version without checksums
+        return False
+    try:
+        if os.path.getsize(path) != listed['records'] * record_bytes:
+            return False
+        crc = 0
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(16 << 20), b''):
+                crc = zlib.crc32(block, crc)
+    except OSError:
+        return False
+    return crc == listed['crc32']
+
+
 def missing_shards(directory, key, views, num_images):
-    """The (view, shard) pairs still to build: not listed in the index, or not of the size it
-    lists (a shard that does not read back whole)."""
+    """The (view, shard) pairs still to build: not listed in the index, or not reading back as
+    listed (size and CRC-32), so a shard cut short or corrupted is built again, never read."""
     index = read_index(directory)
-    counts = index['shards'] if index and index.get('key') == key else {}
+    listed = index['shards'] if index and index.get('key') == key else {}
     record_bytes = 4 * record_floats(key['shape'])
-    missing = []
-    for v, files in enumerate(shard_files(directory, views, num_images)):
-        for s, path in enumerate(files):
-            count = counts.get(os.path.basename(path))
-            try:
-                whole = count is not None and os.path.getsize(path) == count * record_bytes
-            except OSError:
-                whole = False
-            if not whole:
-                missing.append((v, s))
-    return missing
+    return [(v, s) for v, files in enumerate(shard_files(directory, views, num_images))
+            for s, path in enumerate(files)
+            if not _reads_back(path, listed.get(os.path.basename(path)), record_bytes)]
 
 
 def build(directory, key, split, views, run_shard):
@@ -218,11 +228,13 @@ def build(directory, key, split, views, run_shard):
         records[:, 0] = labels
         records[:, 1:] = features.reshape(len(labels), records.shape[1] - 1)
         path = os.path.join(directory, shard_name(v, s))
+        content = records.tobytes()
         try:  # whole or not at all: the index lists a shard only once it is in place
             with open(path + '.tmp', 'wb') as f:
-                f.write(records.tobytes())
+                f.write(content)
             os.replace(path + '.tmp', path)
-            index['shards'][shard_name(v, s)] = len(labels)
+            index['shards'][shard_name(v, s)] = {'records': len(labels),
+                                                 'crc32': zlib.crc32(content)}
             _write_index(directory, index)
         except OSError as e:
             raise _unwritable(directory, e)

@@ -133,7 +133,7 @@ def test_each_epoch_reads_every_image_once_in_its_own_view(tmp_path, monkeypatch
             assert len({tuple(order) for order in orders}) == 4  # a new order every epoch
 
 
-def test_a_killed_build_resumes_and_a_shard_that_does_not_read_back_whole_is_built_again(
+def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_again(
         tmp_path, monkeypatch):
     monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
     split, views, directory = _split(10), 2, str(tmp_path)
@@ -158,6 +158,16 @@ def test_a_killed_build_resumes_and_a_shard_that_does_not_read_back_whole_is_bui
     os.remove(os.path.join(directory, features.shard_name(1, 2)))
     assert features.missing_shards(directory, key, views, 10) == [(0, 1), (1, 2)]
     assert features.build(directory, key, split, views, run_shard) == 4 + 2
+    # A shard whose bytes changed but not its size: its checksum tells.
+    path = os.path.join(directory, features.shard_name(1, 0))
+    with open(path, 'r+b') as f:
+        f.seek(8)
+        byte = f.read(1)
+        f.seek(8)
+        f.write(bytes([byte[0] ^ 1]))
+    assert features.missing_shards(directory, key, views, 10) == [(1, 0)]
+    assert features.build(directory, key, split, views, run_shard) == 4
+    assert features.missing_shards(directory, key, views, 10) == []
     # An index of another key describes other features: everything is built again.
     assert len(features.missing_shards(directory, dict(key, boundary='pool5'), views, 10)) == 6
 
