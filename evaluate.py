@@ -48,10 +48,19 @@ def build(split, settings, batch_size, reuse=None):
     iterator = tf.data.make_initializable_iterator(
         data.eval_pipeline(placeholders, settings['image_size'], batch_size))
     images, labels, paths = iterator.get_next()
-    logits, _ = model.classifier(images, settings, is_training=False, reuse=reuse)
+    return on(images, labels, settings, iterator.initializer,
+              data.split_feed(placeholders, split), reuse, paths=paths)
+
+
+def on(inputs, labels, settings, initializer, feed, reuse=None, start=None, paths=None):
+    """An Evaluation of the network on `inputs` (images, or the stored features of end point
+    `start`) from the iterator that `initializer` starts with `feed`."""
+    logits, _ = model.classifier(inputs, settings, is_training=False, reuse=reuse, start=start)
     probabilities, top = tf.nn.top_k(tf.nn.softmax(logits), min(TOP_K, len(settings['class_ids'])))
-    return Evaluation(iterator.initializer, data.split_feed(placeholders, split), {
-        'labels': labels, 'top': top, 'probabilities': probabilities, 'paths': paths})
+    fetches = {'labels': labels, 'top': top, 'probabilities': probabilities}
+    if paths is not None:
+        fetches['paths'] = paths
+    return Evaluation(initializer, feed, fetches)
 
 
 def predict(session, evaluation, num_examples):
@@ -78,7 +87,8 @@ def predict(session, evaluation, num_examples):
         return {'labels': np.zeros([0], np.int64), 'top': np.zeros([0, 1], np.int64),
                 'probabilities': np.zeros([0, 1]), 'paths': []}
     result = {key: np.concatenate([b[key] for b in batches]) for key in fetches}
-    result['paths'] = [p.decode('utf-8', 'replace') for p in result['paths']]
+    if 'paths' in result:  # not from stored features
+        result['paths'] = [p.decode('utf-8', 'replace') for p in result['paths']]
     return result
 
 

@@ -11,7 +11,9 @@ of the graph, the same ops, from the stored features:
     fc6 or fc7              pool5                                           100 KB
     conv5                   pool4                                           400 KB
 
-Epoch e reads view e % views of every image, shuffled; validation runs the whole network.
+Epoch e reads view e % views of every image, shuffled. Validation's view is always the same
+(evaluate.py's central crop, no dropout), so it is stored once too, in a cache of its own, and
+each validation pass runs only the layers above the boundary.
 
 The cache lives in a directory named by the boundary and a key of everything that decides the
 features: the frozen weights themselves (a digest of their values in the session), the image size
@@ -266,34 +268,56 @@ def pipeline(files, shape, batch_size, num_images, seed=None):
                                     cycle_length=4)
         return records.shuffle(buffer, order)
     ds = tf.data.Dataset.range(1 << 62).flat_map(epoch)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    return _decoded(ds.batch(batch_size, drop_remainder=True), shape, batch_size)
 
+
+def in_order(files, shape, batch_size):
+    """One pass over the shard files `files` (a string vector fed at the iterator's
+    initializer), in order, as batches of (features, int32 labels); the last partial batch
+    included: validation's stored evaluation view."""
+    ds = tf.data.Dataset.from_tensor_slices(files).flat_map(
+        lambda f: tf.data.FixedLengthRecordDataset(f, 4 * record_floats(shape)))
+    return _decoded(ds.batch(batch_size), shape, -1)
+
+
+def _decoded(batches, shape, batch_size):
+    """Batches of records as (features, labels), `batch_size` rows (-1: as they come)."""
     def decode(records):
-        values = tf.reshape(tf.io.decode_raw(records, tf.float32), [batch_size, floats])
+        values = tf.reshape(tf.io.decode_raw(records, tf.float32), [batch_size, record_floats(
+            shape)])
         return (tf.reshape(values[:, 1:], [batch_size] + list(shape)),
                 tf.cast(values[:, 0], tf.int32))
     return data.bounded_close(
-        ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+        batches.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
 class Cache:
-    """A cached run's input: the frozen prefix on augmented views of the training images, run
-    once per view by `fill`, and the stored features that `features`, `labels` yield after it.
+    """A cached run's input: the frozen prefix on augmented views of the training images and on
+    the evaluation view of the validation images, run once by `fill`, and what is stored read
+    back after it: `features`, `labels` for training, `validation_batches` for validation.
 
-    `network(images)` builds the whole network as training does and returns its end points (it
-    creates the variables, so the head built on `features` afterwards reuses them); `key` holds
-    what else decides the features (image size, preprocessing, precision, dropout).
+    `network(images, is_training)` builds the network as training (or evaluation) runs it and
+    returns its end points (the first call creates the variables, so the head built on the
+    stored features afterwards reuses them); `key` holds what else decides the training
+    features (image size, preprocessing, precision, dropout).
     """
 
-    def __init__(self, split, point, network, global_pool, key, image_size, batch_size,
-                 build_batch_size, views, root, seed=0):
+    def __init__(self, split, validation, point, network, global_pool, key, image_size,
+                 batch_size, build_batch_size, views, root, seed=0):
         self.split, self.point, self.views, self.root = shuffled(split, seed), point, views, root
+        self.validation = validation
         self._views_in = data.split_placeholders('cache_views')
         self._views = tf.data.make_initializable_iterator(
             data.views_pipeline(self._views_in, image_size, build_batch_size))
         self.view_images, self._view_labels = self._views.get_next()
-        self._prefix = output(network(self.view_images), point, global_pool)
+        self._prefix = output(network(self.view_images, True), point, global_pool)
         self.shape = self._prefix.shape.as_list()[1:]
+        # Validation's view is evaluate.py's: the central crop, no dropout.
+        self._eval_in = data.split_placeholders('cache_validation')
+        self._eval = tf.data.make_initializable_iterator(
+            data.eval_pipeline(self._eval_in, image_size, build_batch_size))
+        eval_images, self._eval_labels, _ = self._eval.get_next()
+        self._eval_prefix = output(network(eval_images, False), point, global_pool)
         self._frozen = [v for v in slim.get_model_variables()
                         if layer_of(v.op.name) in frozen_layers(point)]
         self._key = dict(key, boundary=point, shape=self.shape, views=views)
@@ -301,36 +325,63 @@ class Cache:
         self._stored = tf.data.make_initializable_iterator(
             pipeline(self._files, self.shape, batch_size, len(self.split.paths), seed=seed))
         self.features, self.labels = self._stored.get_next()
+        self._eval_files = tf.placeholder(tf.string, [None], name='validation_feature_files')
+        self._eval_feed = {}  # the shard files, once fill knows where they are
+
+    def validation_batches(self, batch_size):
+        """(features, labels, initializer, feed): one pass over the validation split's stored
+        features per run of `initializer` with `feed` (which `fill` completes)."""
+        iterator = tf.data.make_initializable_iterator(in_order(
+            self._eval_files, self.shape, batch_size))
+        stored, labels = iterator.get_next()
+        return stored, labels, iterator.initializer, self._eval_feed
 
     def fill(self, session, first_fetch=None):
         """Build what the cache of this session's frozen weights lacks, then start reading it;
         returns `first_fetch` run with the first batch built (None when nothing was built)."""
-        key = dict(self._key, weights=weights_digest(session, self._frozen),
-                   files=files_digest(self.split))
-        directory = cache_dir(self.root, key)
+        weights = weights_digest(session, self._frozen)
+        key = dict(self._key, weights=weights, files=files_digest(self.split))
         first = []
 
-        def run_shard(view, paths, labels):
-            session.run(self._views.initializer, {self._views_in.paths: paths,
-                                                  self._views_in.labels: labels})
-            batches = []
-            while True:
-                try:
-                    fetched = session.run([self._prefix, self._view_labels] + (
-                        [first_fetch] if first_fetch is not None and not first else []))
-                except tf.errors.OutOfRangeError:
-                    break
-                first.extend(fetched[2:])
-                batches.append(fetched[:2])
-            if not batches:  # not one image of the shard decoded
-                return np.zeros([0] + self.shape, np.float32), np.zeros([0], np.int64)
-            return (np.concatenate([b[0] for b in batches]),
-                    np.concatenate([b[1] for b in batches]))
+        def run_shard(iterator, placeholders, fetches):
+            def run(view, paths, labels):
+                session.run(iterator.initializer, {placeholders.paths: paths,
+                                                   placeholders.labels: labels})
+                batches = []
+                while True:
+                    try:
+                        fetched = session.run(list(fetches) + (
+                            [first_fetch] if first_fetch is not None and not first else []))
+                    except tf.errors.OutOfRangeError:
+                        break
+                    first.extend(fetched[2:])
+                    batches.append(fetched[:2])
+                if not batches:  # not one image of the shard decoded
+                    return np.zeros([0] + self.shape, np.float32), np.zeros([0], np.int64)
+                return (np.concatenate([b[0] for b in batches]),
+                        np.concatenate([b[1] for b in batches]))
+            return run
 
-        built = build(directory, key, self.split, self.views, run_shard)
-        log.info('feature cache: %s %d views of %d images from %s (%s per view), in %s',
-                 'built' if built else 'reused', self.views, len(self.split.paths), self.point,
-                 'x'.join(map(str, self.shape)), directory)
+        directory = self._stored_in(key, self.split, self.views, run_shard(
+            self._views, self._views_in, [self._prefix, self._view_labels]))
         session.run(self._stored.initializer, {self._files: shard_files(
             directory, self.views, len(self.split.paths))})
+        # Validation's: one view, without training's dropout; first_fetch belongs to training.
+        first_fetch = None
+        key = dict(self._key, weights=weights, files=files_digest(self.validation), views=1,
+                   dropout6=None, split='validation')
+        directory = self._stored_in(key, self.validation, 1, run_shard(
+            self._eval, self._eval_in, [self._eval_prefix, self._eval_labels]))
+        self._eval_feed[self._eval_files] = shard_files(
+            directory, 1, len(self.validation.paths))[0]
         return first[0] if first else None
+
+    def _stored_in(self, key, split, views, run_shard):
+        """The directory of `key`'s cache, built first where it lacks shards."""
+        directory = cache_dir(self.root, key)
+        built = build(directory, key, split, views, run_shard)
+        log.info('feature cache: %s %d view%s of %d %s images from %s (%s per view), in %s',
+                 'built' if built else 'reused', views, 's' if views > 1 else '',
+                 len(split.paths), key.get('split', 'training'), self.point,
+                 'x'.join(map(str, self.shape)), directory)
+        return directory

@@ -598,7 +598,9 @@ def _train(args, extra_hooks):
     log.info('feature cache: %s (%s)', 'on, from %s up' % point if cached else 'off', why)
     if cached:
         cache = features.Cache(
-            dataset.train, point, lambda images: network(images, settings, args)[1],
+            dataset.train, dataset.validation, point, lambda images, is_training: (
+                network(images, settings, args) if is_training else model.classifier(
+                    images, settings, is_training=False, reuse=True))[1],
             settings['global_pool'], dict(  # and fc6's dropout, where it lies below
                 image_size=args.image_size, precision=precision,
                 preprocessing=settings['preprocessing'],
@@ -626,7 +628,13 @@ def _train(args, extra_hooks):
     towers = parallel.on_towers(devices, args.task, lambda images, labels, reuse: tower_loss(
         images, labels, settings, args, per_class, reuse=True if cached else reuse,
         start=point if cached else None), images, labels)
-    evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size, reuse=True)
+    if cached:  # validation from its stored features too: its view is the same every time
+        stored, stored_labels, initializer, feed = cache.validation_batches(args.val_batch_size)
+        evaluation = evaluate.on(stored, stored_labels, settings, initializer, feed, reuse=True,
+                                 start=point)
+    else:
+        evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size,
+                                    reuse=True)
     loss, total_loss, train_accuracy = (parallel.mean([t[key] for t in towers]) for key in (
         'loss', 'total_loss', 'train_accuracy'))
     tf.summary.scalar('loss', loss)

@@ -189,12 +189,14 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     demo.make_many(dataset, 30, classes=3)
     first = _train(dataset, str(tmp_path / 'a'), cache)
     assert 'feature cache: on, from fc7 up' in first and 'feature cache: built 2 views' in first
+    assert 'feature cache: built 1 view of 6 validation images' in first
     # The same frozen weights (resumed from a's checkpoint, copied), another learning rate,
     # label smoothing and epochs: the stored features are the same.
     shutil.copytree(str(tmp_path / 'a'), str(tmp_path / 'b'))
     second = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '4', '--learning-rate',
                     '0.01', '--label-smoothing', '0.1')
     assert 'feature cache: reused 2 views' in second, second
+    assert 'feature cache: reused 1 view of 6 validation images' in second
     # The whole model is in the checkpoints, the frozen layers included.
     reader = tf.train.load_checkpoint(str(tmp_path / 'b'))
     assert reader.get_tensor('vgg_19/conv1/conv1_1/weights').shape == (3, 3, 3, 64)
@@ -203,11 +205,41 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     victim = os.path.join(victim, sorted(os.listdir(victim))[0])
     os.utime(victim, (1, 1))
     third = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6')
-    assert 'feature cache: built 2 views' in third
-    assert len(os.listdir(cache)) == 2
+    assert third.count('feature cache: built') == 1  # of the split that holds the file
+    assert len(os.listdir(cache)) == 3
     # --feature-cache off: no cache, the images themselves.
     fourth = _train(dataset, str(tmp_path / 'c'), cache, '--feature-cache', 'off')
-    assert 'feature cache: off (--feature-cache off)' in fourth and len(os.listdir(cache)) == 2
+    assert 'feature cache: off (--feature-cache off)' in fourth and len(os.listdir(cache)) == 3
+
+
+@pytest.mark.slow
+def test_validation_from_its_stored_features_predicts_what_it_does_from_the_images(
+        tmp_path, photo_dataset):
+    import evaluate
+    from conftest import model_settings
+    dataset = data.load_dataset(photo_dataset)
+    settings = model_settings(dataset.class_ids)
+
+    def network(images, is_training):  # dropout at fc6 for training's views, as train.py's
+        return model.classifier(images, settings, is_training=is_training, init='he',
+                                reuse=None if is_training else True)[1]
+    cache = features.Cache(dataset.train, dataset.validation, 'fc7', network,
+                           settings['global_pool'], {}, 32, 4, 8, 1, str(tmp_path))
+    stored, labels, initializer, feed = cache.validation_batches(5)
+    from_cache = evaluate.on(stored, labels, settings, initializer, feed, reuse=True,
+                             start='fc7')
+    from_images = evaluate.build(dataset.validation, settings, 5, reuse=True)
+    count = len(dataset.validation.paths)
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        cache.fill(session)
+        got = evaluate.predict(session, from_cache, count)
+        expected = evaluate.predict(session, from_images, count)
+    assert len(got['labels']) == count == 6
+    np.testing.assert_array_equal(got['labels'], expected['labels'])
+    np.testing.assert_array_equal(got['top'], expected['top'])
+    np.testing.assert_allclose(got['probabilities'], expected['probabilities'], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_a_shard_whose_images_all_failed_is_complete_and_an_unwritable_cache_is_one_line(
