@@ -387,20 +387,18 @@ class LoggingHook(tf.train.SessionRunHook):
         self._batch_size, self._every = batch_size, every
         self._validation = validation
         self._mark = None
-        self._step = tf.train.get_global_step()
 
     def before_run(self, run_context):
-        return tf.train.SessionRunArgs(self._tensors)
+        return tf.train.SessionRunArgs({'step': step_after_update(run_context),
+                                        'values': self._tensors})
 
     def after_run(self, run_context, run_values):
-        values = run_values.results
-        # Read after the update: a step fetched with train_op may come from before it.
-        step, now = run_context.session.run(self._step), time.time()
+        step, values, now = run_values.results['step'], run_values.results['values'], time.time()
         validation = self._validation
         validating = validation.seconds if validation else 0.0
         if self._mark is None:
             self._mark = (step, now, validating)
-        elif step != self._mark[0] and (step % self._every == 0 or step >= self._last_step):
+        elif crossed(self._mark[0], step, self._every) or step >= self._last_step:
             stepping = max(now - self._mark[1] - (validating - self._mark[2]), 1e-9)
             pace = stepping / (step - self._mark[0])
             left = time_left(step, self._last_step, pace, validation.every if validation else 0,
@@ -411,6 +409,20 @@ class LoggingHook(tf.train.SessionRunHook):
                      values['total_loss'], values['train_accuracy'], values['learning_rate'],
                      self._batch_size / pace, clock(left))
             self._mark = (step, now, validating)
+
+
+def step_after_update(run_context):
+    """The global step after this run's update, for a hook's before_run: the training loop
+    fetches exactly that (train_ops), so asking for the same tensor costs nothing, where
+    reading the step again would cost a run of its own (and one fetched beside the update
+    could be read before it)."""
+    return run_context.original_args.fetches
+
+
+def crossed(last, step, every):
+    """Whether a multiple of `every` lies in (last, step]: a trigger that an asynchronous
+    cluster, whose steps this worker sees jump, cannot step over."""
+    return bool(every) and step // every > last // every
 
 
 class ValidationHook(tf.train.SessionRunHook):
@@ -425,12 +437,21 @@ class ValidationHook(tf.train.SessionRunHook):
         self._num_examples, self.every, self._dir = num_examples, every, checkpoint_dir
         self._best_saver, self._patience = best_saver, patience
         self.seconds, self.count = 0.0, 0
-        self._done_at = None
+        self._done_at = self._last = None
+
+    def begin(self):
         self._step = tf.train.get_global_step()
 
+    def after_create_session(self, session, coord):
+        self._last = session.run(self._step)  # a restart validates at the next multiple
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(step_after_update(run_context))
+
     def after_run(self, run_context, run_values):
-        step = run_context.session.run(self._step)
-        if self.every and step % self.every == 0 and step != self._done_at:
+        step, last = run_values.results, self._last
+        self._last = step
+        if crossed(last, step, self.every) and step != self._done_at:
             if self.validate(run_context.session, step):
                 run_context.request_stop()
 
@@ -494,23 +515,35 @@ class NonFiniteError(RuntimeError):
 class NanGuardHook(tf.train.SessionRunHook):
     """Stops training with NonFiniteError when the loss, or a weight after the update, is not
     finite. Passed as a chief-only hook, it runs ahead of the checkpoint saver, so such a step
-    is never saved (a finite loss with an overflowing update still makes infinite weights)."""
+    is never saved (a finite loss with an overflowing update still makes infinite weights).
 
-    def __init__(self, loss, var_list):
-        self._loss = loss
-        checks = []
-        for v in var_list:
-            with tf.colocate_with(v):  # on a parameter server, only the answer travels
-                checks.append(tf.reduce_all(tf.is_finite(v)))
-        self._finite = tf.reduce_all(checks)
-        self._step = tf.train.get_global_step()
+    `updates`: [(the loop's fetch of a stage (train_ops), its update op, the variables it
+    trains)]. The check of the weights runs in the same run as the update, after it."""
+
+    def __init__(self, loss, updates):
+        self._loss, self._updates = loss, updates
+
+    def begin(self):
+        self._finite = []
+        for fetch, update, var_list in self._updates:
+            sums = []
+            for v in var_list:
+                # On a parameter server, only the answer travels. A sum is not finite when an
+                # element is not, and reads the weights once, with nothing the size of them made.
+                with tf.colocate_with(v), tf.control_dependencies([update]):
+                    sums.append(tf.reduce_sum(v))
+            self._finite.append((fetch, tf.reduce_all(tf.is_finite(tf.stack(sums)))))
 
     def before_run(self, run_context):
-        return tf.train.SessionRunArgs(self._loss)
+        fetch = step_after_update(run_context)
+        finite = [check for f, check in self._finite if f is fetch]
+        return tf.train.SessionRunArgs({'loss': self._loss, 'finite': finite,
+                                        'step': fetch})
 
     def after_run(self, run_context, run_values):
-        if not (np.isfinite(run_values.results) and run_context.session.run(self._finite)):
-            raise NonFiniteError(run_context.session.run(self._step))
+        results = run_values.results
+        if not (np.isfinite(results['loss']) and all(results['finite'])):
+            raise NonFiniteError(results['step'])
 
 
 def recover(checkpoint_dir):
@@ -652,7 +685,7 @@ def _train(args, extra_hooks):
     stages = {'main': variables_in(args.trainable_scopes, '--trainable-scopes')}
     if args.head_steps:
         stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
-    train_ops, sync_hooks, rate, store_rate = {}, [], learning_rate, []
+    train_ops, updates, sync_hooks, rate, store_rate = {}, [], [], learning_rate, []
     if args.sync_replicas:
         rate, store_rate = parallel.stored_on_ps(learning_rate)
     for stage, var_list in stages.items():  # main first: its names are a one-stage run's
@@ -664,6 +697,7 @@ def _train(args, extra_hooks):
                                    args.task, var_list, global_step, before=store_rate)
         with tf.control_dependencies([update]):
             train_ops[stage] = global_step.read_value()  # the step after the update
+        updates.append((train_ops[stage], update, var_list))
     best_dir = os.path.join(args.checkpoint_dir, model.BEST_DIR)
     if chief and not latest and os.path.isdir(best_dir):
         # The best of a model whose checkpoints are gone is not this run's: keep it aside.
@@ -706,8 +740,7 @@ def _train(args, extra_hooks):
     if args.task:
         hooks += sync_hooks + [parallel.StepCountHook(args.task)]
     # Ahead of the checkpoint saver (chief-only hooks run first), so a NaN step is never saved.
-    trained = {v.op.name: v for var_list in stages.values() for v in var_list}
-    nan_guard = [NanGuardHook(total_loss, list(trained.values()))]
+    nan_guard = [NanGuardHook(total_loss, updates)]
     # The Scaffold's default saver, with --keep-checkpoints.
     scaffold = tf.train.Scaffold(init_fn=init_fn, saver=tf.train.Saver(
         sharded=True, max_to_keep=args.keep_checkpoints, allow_empty=True))

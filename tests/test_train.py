@@ -42,6 +42,13 @@ def test_polynomial_schedule_is_tensorflows_polynomial_decay():
     assert train.learning_rate_at(5, 10, 1.0, end=0.0, power=2.0) == pytest.approx(0.25)
 
 
+def test_a_trigger_fires_once_per_multiple_even_where_the_steps_jump():
+    # Logging and validation every 3 steps; an asynchronous cluster's chief sees 98 then 101.
+    assert [s for s in range(1, 11) if train.crossed(s - 1, s, 3)] == [3, 6, 9]
+    assert train.crossed(98, 101, 100) and not train.crossed(101, 150, 100)
+    assert not train.crossed(0, 5, 0)  # 0: never
+
+
 @pytest.mark.parametrize('schedule, middle', [
     ('polynomial', 0.5005), ('cosine', 0.5005), ('exponential', 0.1 * 0.001 ** 0.5 * 10),
     ('constant', 1.0)])
