@@ -97,7 +97,7 @@ def parse_args(argv=None):
     p.add_argument('--json', action='store_true', help='print one JSON object, no table')
     p.add_argument('--precision', choices=('all',) + hardware.PRECISIONS, default='all',
                    help='all: fp32 and the mixed precision that training picks on this machine')
-    p.add_argument('--xla', action='store_true', help="compile this tool's side with XLA")
+    p.add_argument('--xla', action=hardware.XlaFlag, help="compile this tool's side with XLA")
     p.add_argument('--keras-xla', action='store_true',
                    help="compile the Keras side with XLA (jit_compile=True); Keras' own default "
                         'compiles only on GPUs')

@@ -10,6 +10,7 @@ no division by a standard deviation; training, validation and inference all come
 """
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,9 +34,6 @@ REFERENCE_SIZE = 224
 # Images with more pixels are refused from their header, undecoded: TensorFlow's decoders accept
 # up to 2^29 pixels, and a 388 KB PNG can decode into 1.2 GB.
 MAX_PIXELS = 50_000_000
-# The limit is checked from the header before anything decodes (header_problem, and inference's
-# --max-pixels), so Pillow's own guard, with its own limit and message, is not needed.
-PIL.Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 VALIDATION_DIRS = ('validation', 'val', 'test')
@@ -442,6 +440,21 @@ def size_problem(width, height, max_pixels=MAX_PIXELS, resize_side=0):
     return None
 
 
+@contextlib.contextmanager
+def limits_of_our_own():
+    """Pillow without its own pixel limit while this code opens images: the limit here
+    (MAX_PIXELS, inference's --max-pixels) is checked from the header before anything decodes,
+    with a message that says what to do, where Pillow's would raise its DecompressionBombError
+    (at 179 M pixels) before the header could be read. Entered by the thread that starts the
+    work, so the process's setting is put back once it is done."""
+    saved = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = saved
+
+
 def header_problem(path, max_pixels=MAX_PIXELS, resize_side=0):
     """size_problem of the image in `path`, read from its header alone (Pillow decodes no pixel
     to open it); a file without a readable header is left to the decoder to refuse."""
@@ -456,7 +469,7 @@ def header_problem(path, max_pixels=MAX_PIXELS, resize_side=0):
 def find_oversized(paths, max_pixels=MAX_PIXELS, resize_side=0):
     """{path: why} of the images among `paths` too large to decode (header_problem), read in
     parallel threads."""
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with limits_of_our_own(), concurrent.futures.ThreadPoolExecutor(8) as pool:
         problems = pool.map(lambda p: header_problem(p, max_pixels, resize_side), paths)
         return {p: why for p, why in zip(paths, problems) if why}
 

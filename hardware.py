@@ -13,6 +13,7 @@ The precision policy, one rule for every command (`--precision auto`, the defaul
 A precision the machine cannot run is refused in one line: TensorFlow would quietly run float32
 under its name. The variables, and so the checkpoints, stay float32 in every mode.
 """
+import argparse
 import contextlib
 import functools
 import logging
@@ -57,12 +58,6 @@ with quiet_native_stderr():
 
 log = logging.getLogger(__name__)
 
-# XLA compiles for CPUs too only with this flag, which TensorFlow reads once, at the first
-# session of the process: set it on import. Without --xla (global_jit_level) it does nothing.
-if '--tf_xla_cpu_global_jit' not in os.environ.get('TF_XLA_FLAGS', ''):
-    os.environ['TF_XLA_FLAGS'] = (os.environ.get('TF_XLA_FLAGS', '') +
-                                  ' --tf_xla_cpu_global_jit').strip()
-
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 CPU_BF16_FLAGS = ('amx_bf16', 'avx512_bf16')
 FP16_MIN_CAPABILITY = (7, 0)
@@ -78,8 +73,23 @@ def add_flags(parser):
                         help='auto: training takes bf16 on CPUs with AMX/AVX512-BF16 and fp16 on '
                              'GPUs (fp32 elsewhere and in a cluster), predictions are fp32 on '
                              'every machine; bf16 and fp16 are mixed precisions')
-    parser.add_argument('--xla', action='store_true',
+    parser.add_argument('--xla', action=XlaFlag,
                         help='compile the graph with XLA (measure: it helps some machines)')
+
+
+class XlaFlag(argparse.Action):
+    """--xla, which also lets XLA compile for CPUs: TensorFlow does so only with
+    --tf_xla_cpu_global_jit in TF_XLA_FLAGS, which it reads once, at the first session of the
+    process. So it is set as the flag is parsed, before any session, and only then."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flags = os.environ.get('TF_XLA_FLAGS', '')
+        if '--tf_xla_cpu_global_jit' not in flags:
+            os.environ['TF_XLA_FLAGS'] = (flags + ' --tf_xla_cpu_global_jit').strip()
+        setattr(namespace, self.dest, True)
 
 
 def cpu_info(field, cpuinfo='/proc/cpuinfo'):

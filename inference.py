@@ -72,18 +72,19 @@ def read_rgb(path, max_pixels, resize_side=0):
     (see data.decode_image); training does not apply the EXIF orientation (see README).
     """
     image = None
-    with PIL.Image.open(path) as header:
-        problem = data.size_problem(*header.size, max_pixels, resize_side)
-        if problem:
-            raise ValueError(problem.replace('the limit of', '--max-pixels'))
-        orientation = header.getexif().get(EXIF_ORIENTATION, 1)
-        if header.mode.startswith('I;16'):
-            # 16-bit grayscale: keep the high byte, as TensorFlow's decoder does in training
-            # (Pillow's own conversion to RGB would clip it to white).
-            gray = (np.asarray(header).astype(np.uint32) >> 8).astype(np.uint8)
-            image = np.repeat(gray[..., None], 3, axis=2)
-    if image is None:
-        image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
+    with data.limits_of_our_own():
+        with PIL.Image.open(path) as header:
+            problem = data.size_problem(*header.size, max_pixels, resize_side)
+            if problem:
+                raise ValueError(problem.replace('the limit of', '--max-pixels'))
+            orientation = header.getexif().get(EXIF_ORIENTATION, 1)
+            if header.mode.startswith('I;16'):
+                # 16-bit grayscale: keep the high byte, as TensorFlow's decoder does in
+                # training (Pillow's own conversion to RGB would clip it to white).
+                gray = (np.asarray(header).astype(np.uint32) >> 8).astype(np.uint8)
+                image = np.repeat(gray[..., None], 3, axis=2)
+        if image is None:
+            image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         raise ValueError('decoded to an unusable array %s %s' % (image.shape, image.dtype))
     return oriented(image, orientation)

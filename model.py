@@ -7,6 +7,7 @@ vgg_19/fc8/biases), so it restores as it is; the fully connected layers are conv
 
 turns Keras' VGG19 ImageNet weights into such a checkpoint, for train.py --pretrained.
 """
+import contextlib
 import json
 import logging
 import os
@@ -24,8 +25,6 @@ import tf_slim as slim
 
 import cli
 
-# slim.dropout still goes through the Keras-1 layer API; the warning is slim's, not the user's.
-warnings.filterwarnings('ignore', message='`layer.apply` is deprecated')
 
 WEIGHT_DECAY = 5e-4
 DEFAULT_IMAGE_SIZE = 224  # the size the ImageNet checkpoint was trained at
@@ -65,6 +64,15 @@ def fc_options(image_size):
     return padding, image_size != DEFAULT_IMAGE_SIZE
 
 
+@contextlib.contextmanager
+def _quiet_slim():
+    """tf-slim's layers go through the Keras-1 layer API, whose deprecation warning is slim's,
+    not the user's: silenced while the network is built, and only then."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='`layer.apply` is deprecated')
+        yield
+
+
 def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
            spatial_squeeze=True, reuse=None, scope='vgg_19', fc_conv_padding='VALID',
            global_pool=False, weight_decay=WEIGHT_DECAY, init='xavier', start=None):
@@ -80,7 +88,7 @@ def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
     def above(point):  # whether the layers just above `point` are built
         return start is None or STARTS.index(start) <= STARTS.index(point)
 
-    with slim.arg_scope(vgg_arg_scope(weight_decay, init)):
+    with slim.arg_scope(vgg_arg_scope(weight_decay, init)), _quiet_slim():
         with tf.variable_scope(scope, 'vgg_19', [inputs], reuse=reuse) as sc:
             end_points_collection = sc.original_name_scope + '_end_points'
             with slim.arg_scope([slim.conv2d, slim.fully_connected, slim.max_pool2d],

@@ -120,27 +120,58 @@ def test_session_config_turns_on_the_rewrite_of_each_precision():
     assert hardware.session_config('fp32').graph_options.optimizer_options.global_jit_level == 0
     xla = hardware.session_config('fp32', xla=True)
     assert xla.graph_options.optimizer_options.global_jit_level == tf.OptimizerOptions.ON_1
-    assert '--tf_xla_cpu_global_jit' in hardware.os.environ['TF_XLA_FLAGS']  # set on import
 
 
-def _compiled_by_xla(config):
-    """Whether a small graph run under `config` went through an XLA cluster."""
+XLA_PROCESS = """if True:
+    import argparse, sys
+    import hardware
+    import tensorflow.compat.v1 as tf
+    tf.disable_eager_execution()
+    parser = argparse.ArgumentParser()
+    hardware.add_flags(parser)
+    args = parser.parse_args(sys.argv[1:])
     x = tf.placeholder(tf.float32, [16, 16])
     y = x
     for _ in range(4):
         y = tf.nn.relu(tf.matmul(y, x)) * 0.01 + 1
     metadata = tf.RunMetadata()
-    with tf.Session(config=config) as session:
+    with tf.Session(config=hardware.session_config('fp32', args.xla)) as session:
         session.run(y, {x: [[1.0] * 16] * 16}, run_metadata=metadata,
                     options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE))
-    return any('xla_run' in node.node_name for device in metadata.step_stats.dev_stats
-               for node in device.node_stats)
+    print(any('xla_run' in node.node_name for device in metadata.step_stats.dev_stats
+              for node in device.node_stats))
+"""
 
 
-def test_xla_compiles_the_graph_on_this_cpu():
-    # Sessions have run before this one in the process (XLA's flags are read at the first).
-    assert not _compiled_by_xla(hardware.session_config('fp32'))
-    assert _compiled_by_xla(hardware.session_config('fp32', xla=True))
+@pytest.mark.parametrize('flags, compiled', [(['--xla'], 'True'), ([], 'False')])
+def test_xla_compiles_the_graph_on_this_cpu_when_asked(flags, compiled):
+    # In a process of its own: TensorFlow reads XLA's flags at the first session of a process.
+    env = dict(os.environ)
+    env.pop('TF_XLA_FLAGS', None)
+    result = subprocess.run([sys.executable, '-c', XLA_PROCESS] + flags, cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [compiled]
+
+
+IMPORTS = """if True:
+    import os, warnings
+    import PIL.Image
+    import tensorflow.compat.v1 as tf
+    import tf_slim
+    before = (PIL.Image.MAX_IMAGE_PIXELS, os.environ.get('TF_XLA_FLAGS'), list(warnings.filters))
+    import bench, data, evaluate, export, features, hardware, inference, model, parallel, train
+    after = (PIL.Image.MAX_IMAGE_PIXELS, os.environ.get('TF_XLA_FLAGS'), list(warnings.filters))
+    print(before == after)
+"""
+
+
+def test_importing_the_modules_changes_nothing_in_the_process():
+    # Pillow's pixel limit, XLA's flags and the warning filters are set where they are needed.
+    result = subprocess.run([sys.executable, '-c', IMPORTS], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['True']
 
 
 def test_fp16_gets_dynamic_loss_scaling_and_the_others_the_optimizer_as_it_is():
