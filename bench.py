@@ -102,7 +102,7 @@ def parse_args(argv=None):
                    help="compile the Keras side with XLA (jit_compile=True); Keras' own default "
                         'compiles only on GPUs')
     args = p.parse_args(argv)
-    unknown = set(train.scopes(args.skip)) - set(PARTS)
+    unknown = set(cli.comma_list(args.skip)) - set(PARTS)
     if unknown:
         p.error('--skip %s: the parts are %s' % (','.join(sorted(unknown)), ','.join(PARTS)))
     for flag in ('images', 'batch_size', 'classes', 'pairs', 'steps', 'pipeline_batches',
@@ -557,7 +557,7 @@ def precisions(requested):
 def run(args):
     """Every measurement as one dict: what the --json output prints. The figures that depend on
     the precision are under 'precisions', one dict each."""
-    skip = set(train.scopes(args.skip))
+    skip = set(cli.comma_list(args.skip))
     result = {'machine': '%s, %d cores, %s' % (platform.processor() or platform.machine(),
                                                os.cpu_count(),
                                                hardware.cpu_info('model name') or 'unknown CPU'),

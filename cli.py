@@ -39,3 +39,8 @@ class ArgumentParser(argparse.ArgumentParser):
         near = difflib.get_close_matches(flag.split('=')[0], self._option_string_actions, n=1)
         return 'no flag %s' % flag + (': did you mean %s?' % near[0] if near else
                                       ' (%s -h lists the flags)' % self.prog)
+
+
+def comma_list(text):
+    """The items of a comma-separated flag: 'a, b,,c' -> ['a', 'b', 'c']."""
+    return [item.strip() for item in text.split(',') if item.strip()]

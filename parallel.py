@@ -25,6 +25,8 @@ import time
 
 import tensorflow.compat.v1 as tf
 
+import cli
+
 log = logging.getLogger('parallel')
 
 TRAINER_JOBS = ('chief', 'worker')
@@ -66,10 +68,6 @@ def parse_tf_config(text):
     return check_task(Task(cluster, task['type'], index), 'TF_CONFIG')
 
 
-def hosts(text):
-    return [h.strip() for h in text.split(',') if h.strip()]
-
-
 def from_flags(ps_hosts, worker_hosts, job_name, task_index):
     """The Task the cluster flags describe, or None when none is given."""
     if not (ps_hosts or worker_hosts or job_name):
@@ -77,7 +75,7 @@ def from_flags(ps_hosts, worker_hosts, job_name, task_index):
     if not (ps_hosts and worker_hosts and job_name):
         raise ClusterError('a cluster needs --ps-hosts, --worker-hosts and --job-name together '
                            '(and --task-index)')
-    cluster = {'ps': hosts(ps_hosts), 'worker': hosts(worker_hosts)}
+    cluster = {'ps': cli.comma_list(ps_hosts), 'worker': cli.comma_list(worker_hosts)}
     return check_task(Task(cluster, job_name, task_index), '--job-name/--task-index')
 
 
@@ -148,7 +146,7 @@ def tower_devices(num_gpus, devices, batch_size, visible_gpus):
     `num_gpus` - 1 (None: all `visible_gpus`). [None] is one tower wherever TensorFlow puts it,
     as on a machine without GPUs. Each tower gets an equal share of `batch_size`."""
     if devices:
-        towers = hosts(devices)
+        towers = cli.comma_list(devices)
     else:
         num_gpus = visible_gpus if num_gpus is None else num_gpus
         if num_gpus > visible_gpus:

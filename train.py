@@ -155,7 +155,7 @@ def parse_args(argv=None):
         p.error('--label-smoothing must be in [0, 1)')
     if args.early_stopping and not args.validate_every:
         p.error('--early-stopping needs --validate-every')
-    if args.head_steps and not scopes(args.exclude_scopes):
+    if args.head_steps and not cli.comma_list(args.exclude_scopes):
         p.error('--head-steps trains the head, the --exclude-scopes: name them')
     if args.head_steps and args.max_steps and args.max_steps <= args.head_steps:
         p.error('--max-steps must be larger than --head-steps, or no step trains the rest')
@@ -205,10 +205,6 @@ def check_parallel_flags(p, args):
         p.error('--sync-replicas needs a cluster: TF_CONFIG or --ps-hosts/--worker-hosts')
     if args.sync_replicas and args.head_steps:
         p.error('--sync-replicas does not go with --head-steps: train the stages in two runs')
-
-
-def scopes(text):
-    return [s.strip() for s in text.split(',') if s.strip()]
 
 
 def total_steps(num_examples, batch_size, epochs, max_steps=0):
@@ -586,7 +582,7 @@ def _train(args, extra_hooks):
     init_fn = None
     if chief and not latest and args.pretrained != 'none':
         init_fn = model.pretrained_init_fn(args.pretrained, model.vgg19_variables(
-            len(dataset.class_ids), scopes(args.exclude_scopes)))
+            len(dataset.class_ids), cli.comma_list(args.exclude_scopes)))
     if chief:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     # The image check's cache is the chief's to write; the other workers reuse it when it
@@ -622,8 +618,9 @@ def _train(args, extra_hooks):
     global_step = tf.train.get_or_create_global_step()
     # The frozen layers below the first trainable one run once per stored view, not every step,
     # where that pays (features.py).
-    point = features.boundary([name for name in model.vgg19_variables(num_classes) if not scopes(
-        args.trainable_scopes) or model.in_scopes(name, scopes(args.trainable_scopes))])
+    trainable = cli.comma_list(args.trainable_scopes)
+    point = features.boundary([name for name in model.vgg19_variables(num_classes)
+                               if not trainable or model.in_scopes(name, trainable)])
     start_step = int(latest.rsplit('-', 1)[-1]) if latest else 0
     cached, why = features.decide(args.feature_cache, point, len(devices), bool(args.task),
                                   args.head_steps, (last_step - start_step) * step_images,
@@ -793,7 +790,7 @@ def _train(args, extra_hooks):
 
 def variables_in(text, flag):
     """The trainable variables in the comma-separated scopes `text` (all when empty)."""
-    wanted = scopes(text)
+    wanted = cli.comma_list(text)
     found = [v for v in tf.trainable_variables() if not wanted or model.in_scopes(v.op.name,
                                                                                   wanted)]
     if not found:
