@@ -75,20 +75,20 @@ def _quiet_slim():
 
 def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
            spatial_squeeze=True, reuse=None, scope='vgg_19', fc_conv_padding='VALID',
-           global_pool=False, weight_decay=WEIGHT_DECAY, init='xavier', start=None):
+           global_pool=False, start=None):
     """VGG19 (configuration E) on `inputs` [batch, height, width, 3]; returns (logits, end_points).
 
-    The same graph as `tf_slim.nets.vgg.vgg_19` under `vgg_arg_scope(weight_decay)`, which this
-    function applies itself so the weight decay is never forgotten (`init` picks the initial
-    weights of a model trained from scratch). The regularisation losses
-    land in tf.GraphKeys.REGULARIZATION_LOSSES; the training loss must add them.
+    The same graph as `tf_slim.nets.vgg.vgg_19`, and like it, it takes its layers' settings from
+    the caller's arg_scope (`with slim.arg_scope(vgg_arg_scope()): vgg_19(...)`; `classifier`
+    does that), fc6-fc8 included. The regularisation losses land in
+    tf.GraphKeys.REGULARIZATION_LOSSES; the training loss must add them.
     `start` ('pool4', 'pool5' or 'fc7'): `inputs` are that end point's output, stored by
     features.py, and only the layers above it are built, with the same names.
     """
     def above(point):  # whether the layers just above `point` are built
         return start is None or STARTS.index(start) <= STARTS.index(point)
 
-    with slim.arg_scope(vgg_arg_scope(weight_decay, init)), _quiet_slim():
+    with _quiet_slim():
         with tf.variable_scope(scope, 'vgg_19', [inputs], reuse=reuse) as sc:
             end_points_collection = sc.original_name_scope + '_end_points'
             with slim.arg_scope([slim.conv2d, slim.fully_connected, slim.max_pool2d],
@@ -108,8 +108,7 @@ def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
                     net = slim.max_pool2d(net, [2, 2], scope='pool5')
 
                 # The fully connected layers as convolutions, as in the checkpoint.
-                fc = dict(weight_decay=weight_decay, init=init,
-                          outputs_collection=end_points_collection)
+                fc = dict(outputs_collection=end_points_collection)
                 if above('pool5'):
                     net = _fully_connected(net, 4096, 7, fc_conv_padding, scope='fc6', **fc)
                     net = slim.dropout(net, dropout_keep_prob, is_training=is_training,
@@ -130,10 +129,12 @@ def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
                 return net, end_points
 
 
-def _fully_connected(net, num_outputs, kernel, padding, weight_decay, init, outputs_collection,
-                     scope, activation_fn=tf.nn.relu):
+def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scope,
+                     **explicit):
     """What slim.conv2d(net, num_outputs, [kernel, kernel], padding) computes, with its
-    variables, for the fully connected layers fc6, fc7, fc8.
+    variables, for the fully connected layers fc6, fc7, fc8: its settings (initializers,
+    regularizer, activation, trainable) come from slim.conv2d's arg_scope, as slim's would,
+    and from `explicit` arguments (fc8's activation_fn=None) over that.
 
     Where the kernel covers the whole map (fc6 at 224 px, VALID) or is 1x1 (fc7, fc8), the
     convolution is a matrix multiply, and it is computed as one: TensorFlow's CPU gradient of
@@ -143,13 +144,18 @@ def _fully_connected(net, num_outputs, kernel, padding, weight_decay, init, outp
     checkpoint: (kernel, kernel, channels, num_outputs).
     """
     height, width, channels = net.shape[1], net.shape[2], net.shape[3]
+    settings = dict(slim.current_arg_scope().get(slim.arg_scope_func_key(slim.conv2d), {}),
+                    **explicit)
+    trainable = settings.get('trainable', True)
+    activation_fn = settings.get('activation_fn', tf.nn.relu)  # slim.conv2d's defaults
     with tf.variable_scope(scope) as sc:
-        initializer = INITIALIZERS[init]
         weights = slim.model_variable(
-            'weights', [kernel, kernel, channels, num_outputs],
-            initializer=initializer() if initializer else slim.xavier_initializer(),
-            regularizer=slim.l2_regularizer(weight_decay))
-        biases = slim.model_variable('biases', [num_outputs], initializer=tf.zeros_initializer())
+            'weights', [kernel, kernel, channels, num_outputs], trainable=trainable,
+            initializer=settings.get('weights_initializer', slim.xavier_initializer()),
+            regularizer=settings.get('weights_regularizer'))
+        biases = slim.model_variable(
+            'biases', [num_outputs], trainable=trainable,
+            initializer=settings.get('biases_initializer', tf.zeros_initializer()))
         if padding == 'SAME' and height is not None and width is not None and (
                 height < kernel or width < kernel):
             top, left = (kernel // 2 - min(height - 1, kernel // 2),
@@ -301,11 +307,15 @@ def load_settings(checkpoint_dir, preprocessing=None):
     return settings
 
 
-def classifier(images, settings, is_training, reuse=None, **kwargs):
-    """vgg_19 on `images` for the classes and architecture that `settings` records."""
-    return vgg_19(images, num_classes=len(settings['class_ids']), is_training=is_training,
-                  reuse=reuse, fc_conv_padding=settings['fc_conv_padding'],
-                  global_pool=settings['global_pool'], **kwargs)
+def classifier(images, settings, is_training, reuse=None, weight_decay=WEIGHT_DECAY,
+               init='xavier', **kwargs):
+    """vgg_19 on `images` for the classes and architecture that `settings` records, under
+    vgg_arg_scope(weight_decay, init), so the weight decay is never forgotten (`init`: the
+    initial weights of what --pretrained does not restore)."""
+    with slim.arg_scope(vgg_arg_scope(weight_decay, init)):
+        return vgg_19(images, num_classes=len(settings['class_ids']), is_training=is_training,
+                      reuse=reuse, fc_conv_padding=settings['fc_conv_padding'],
+                      global_pool=settings['global_pool'], **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,8 +68,7 @@ def test_same_logits_as_slim_reference():
 def test_fully_connected_layers_compute_what_slims_convolution_does(outputs, kernel, padding, size):
     net = tf.constant(np.random.RandomState(size).uniform(0, 1, [2, size, size, 512]), tf.float32)
     with tf.variable_scope('ours'):
-        ours = model._fully_connected(net, outputs, kernel, padding, model.WEIGHT_DECAY,
-                                      'xavier', 'outputs', scope='fc')
+        ours = model._fully_connected(net, outputs, kernel, padding, 'outputs', scope='fc')
     with tf.variable_scope('ref'):
         reference = slim.conv2d(net, outputs, [kernel, kernel], padding=padding, scope='fc')
     assert ours.shape.as_list() == reference.shape.as_list()
@@ -110,8 +109,8 @@ def test_small_inputs_give_one_logit_row_per_image(size):
 
 
 def test_weight_decay_is_in_the_regularization_loss():
-    model.vgg_19(tf.zeros([1, 32, 32, 3]), num_classes=3, fc_conv_padding='SAME',
-                 global_pool=True, weight_decay=1e-3)
+    model.classifier(tf.zeros([1, 32, 32, 3]), {'class_ids': 'abc', 'fc_conv_padding': 'SAME',
+                                                'global_pool': True}, True, weight_decay=1e-3)
     weights = [v for v in slim.get_model_variables() if v.op.name.endswith('weights')]
     assert len(weights) == 19
     with tf.Session() as session:
@@ -119,6 +118,22 @@ def test_weight_decay_is_in_the_regularization_loss():
         regularization, values = session.run([tf.losses.get_regularization_loss(), weights])
     expected = sum(1e-3 * np.sum(np.square(w.astype(np.float64))) / 2 for w in values)
     assert regularization == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize('outer, trainable, losses', [
+    (dict(trainable=False), 0, 19),  # vgg_arg_scope's regularizer, nothing trains
+    (dict(weights_regularizer=None), 38, 0),
+])
+def test_the_callers_arg_scope_holds_for_every_layer_as_in_slim(outer, trainable, losses):
+    def build(network, scope):
+        with slim.arg_scope(slim_vgg.vgg_arg_scope()):
+            with slim.arg_scope([slim.conv2d, slim.fully_connected], **outer):
+                network(tf.zeros([1, 224, 224, 3]), num_classes=5, scope=scope)
+        return (len([v for v in tf.trainable_variables() if v.op.name.startswith(scope)]),
+                len([x for x in tf.losses.get_regularization_losses()
+                     if x.op.name.startswith(scope)]))
+    assert build(slim_vgg.vgg_19, 'slims') == (trainable, losses)
+    assert build(model.vgg_19, 'vgg_19') == (trainable, losses)
 
 
 def test_in_scopes():

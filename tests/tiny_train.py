@@ -23,16 +23,15 @@ import train  # noqa: E402
 
 def tiny_vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
                 spatial_squeeze=True, reuse=None, scope='vgg_19', fc_conv_padding='VALID',
-                global_pool=False, weight_decay=model.WEIGHT_DECAY, init='xavier', start=None):
-    """model.vgg_19's signature and scope names, two small layers (no end points to start
-    from: runs of it use no feature cache)."""
+                global_pool=False, start=None):
+    """model.vgg_19's signature and scope names, two small layers under the caller's arg_scope
+    (no end points to start from: runs of it use no feature cache)."""
     assert start is None, 'tiny_vgg_19 has no end point %s' % start
-    with slim.arg_scope(model.vgg_arg_scope(weight_decay, init)):
-        with tf.variable_scope(scope, 'vgg_19', [inputs], reuse=reuse):
-            net = slim.conv2d(inputs, 8, [3, 3], stride=4, scope='conv1/conv1_1')
-            net = tf.reduce_mean(net, [1, 2], keepdims=True)
-            net = slim.conv2d(net, num_classes, [1, 1], activation_fn=None, scope='fc8')
-            return tf.squeeze(net, [1, 2]), {}
+    with tf.variable_scope(scope, 'vgg_19', [inputs], reuse=reuse):
+        net = slim.conv2d(inputs, 8, [3, 3], stride=4, scope='conv1/conv1_1')
+        net = tf.reduce_mean(net, [1, 2], keepdims=True)
+        net = slim.conv2d(net, num_classes, [1, 1], activation_fn=None, scope='fc8')
+        return tf.squeeze(net, [1, 2]), {}
 
 
 class StepTime(tf.train.SessionRunHook):
