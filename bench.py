@@ -234,7 +234,7 @@ class SlimTrainer:
         with self.graph.as_default():
             batch = tf.data.make_one_shot_iterator(
                 tf.data.Dataset.from_tensors((images, labels)).repeat()).get_next()
-            loss = train.tower_loss(batch[0], batch[1], self.settings, train.parse_args([]))
+            loss = train.tower_loss(batch[0], batch[1], self.settings)
             optimizer = hardware.loss_scaled(tf.train.MomentumOptimizer(1e-3, 0.9), precision)
             self.train_op = parallel.minimize(optimizer, [loss['total_loss']], [None], None,
                                               tf.trainable_variables(), None)

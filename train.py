@@ -45,6 +45,20 @@ DEMO = dict(dataset='data/demo', pretrained='none', checkpoint_dir='checkpoints/
             save_every_secs=120, keep_checkpoints=1)  # each is the whole model: 559 MB
 
 
+SCHEDULES = ('polynomial', 'cosine', 'exponential', 'constant')
+
+
+# Each takes (learning rate, flags, name); the name keeps the head stage's slots apart.
+OPTIMIZERS = {
+    'momentum': lambda lr, args, name: tf.train.MomentumOptimizer(lr, args.momentum,
+                                                                  name=name + 'Momentum'),
+    'sgd': lambda lr, args, name: tf.train.GradientDescentOptimizer(lr, name=name + 'SGD'),
+    'adam': lambda lr, args, name: tf.train.AdamOptimizer(lr, name=name + 'Adam'),
+    'rmsprop': lambda lr, args, name: tf.train.RMSPropOptimizer(lr, decay=0.9, epsilon=1e-7,
+                                                                name=name + 'RMSProp'),
+}
+
+
 def parse_args(argv=None):
     p = cli.ArgumentParser(description='Fine-tune VGG19 on labelled photos.')
     p.add_argument('--demo', action='store_true',
@@ -159,8 +173,10 @@ def parse_args(argv=None):
         p.error('--head-steps trains the head, the --exclude-scopes: name them')
     if args.head_steps and args.max_steps and args.max_steps <= args.head_steps:
         p.error('--max-steps must be larger than --head-steps, or no step trains the rest')
-    if args.image_size < 32:
-        p.error('--image-size must be at least 32 (VGG19 halves it five times)')
+    try:
+        model.fc_options(args.image_size)  # the network's own rule for the image size
+    except ValueError as e:
+        p.error(str(e))
     if not 0 < args.val_fraction < 1:
         p.error('--val-fraction must be between 0 and 1')
     if not 0 <= args.max_unreadable <= 1:
@@ -211,9 +227,6 @@ def total_steps(num_examples, batch_size, epochs, max_steps=0):
     """Steps for `epochs` passes over the data in full batches, capped at `max_steps` if set."""
     steps = int(math.ceil(epochs * (num_examples // batch_size)))
     return min(steps, max_steps) if max_steps else steps
-
-
-SCHEDULES = ('polynomial', 'cosine', 'exponential', 'constant')
 
 
 def planned_steps(args, num_train, previous=None, workers=1):
@@ -268,40 +281,36 @@ def stage_at(step, args, last_step):
                                     args.decay_power, args.warmup_steps)
 
 
-# Each takes (learning rate, flags, name); the name keeps the head stage's slots apart.
-OPTIMIZERS = {
-    'momentum': lambda lr, args, name: tf.train.MomentumOptimizer(lr, args.momentum,
-                                                                  name=name + 'Momentum'),
-    'sgd': lambda lr, args, name: tf.train.GradientDescentOptimizer(lr, name=name + 'SGD'),
-    'adam': lambda lr, args, name: tf.train.AdamOptimizer(lr, name=name + 'Adam'),
-    'rmsprop': lambda lr, args, name: tf.train.RMSPropOptimizer(lr, decay=0.9, epsilon=1e-7,
-                                                                name=name + 'RMSProp'),
-}
-
-
-def network(images, settings, args, reuse=None, start=None):
+def network(images, settings, reuse=None, start=None, **options):
     """The network as training runs it: (logits, end_points); `start`: `images` are the stored
-    features of that end point (features.py)."""
+    features of that end point (features.py); `options`: weight_decay, init, dropout_keep_prob
+    (network_options(args); model.classifier's, slim's, where not given)."""
     return model.classifier(images, settings, is_training=True, reuse=reuse, start=start,
-                            weight_decay=args.weight_decay, init=args.init,
-                            dropout_keep_prob=args.dropout_keep_prob)
+                            **options)
 
 
-def tower_loss(images, labels, settings, args, weights_by_class=None, reuse=None, start=None):
+def network_options(args):
+    """What of the flags `network` takes."""
+    return dict(weight_decay=args.weight_decay, init=args.init,
+                dropout_keep_prob=args.dropout_keep_prob)
+
+
+def tower_loss(images, labels, settings, label_smoothing=0.0, weights_by_class=None,
+               reuse=None, start=None, **options):
     """The model and its loss on one tower's images (or stored features from `start`): a dict of
-    logits, loss (cross entropy, smoothed and weighted as `args` say), total_loss (plus the
-    weight decay) and train_accuracy.
+    logits, loss (cross entropy, smoothed and weighted by class as asked), total_loss (plus the
+    weight decay) and train_accuracy. `options`: as `network` takes them.
 
     Every tower's total_loss holds the whole weight decay (one collection, shared variables),
     so the average over the towers is the loss, and the gradient, of the whole batch.
     """
-    logits, _ = network(images, settings, args, reuse, start)
+    logits, _ = network(images, settings, reuse, start, **options)
     weights = 1.0
     if weights_by_class is not None:
         weights = tf.gather(tf.constant(weights_by_class, tf.float32), labels)
     loss = tf.losses.softmax_cross_entropy(tf.one_hot(labels, len(settings['class_ids'])),
                                            logits, weights=weights,
-                                           label_smoothing=args.label_smoothing)
+                                           label_smoothing=label_smoothing)
     total_loss = loss + tf.losses.get_regularization_loss()
     train_accuracy = tf.reduce_mean(tf.cast(
         tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32))
@@ -629,8 +638,8 @@ def _train(args, extra_hooks):
     if cached:
         cache = features.Cache(
             dataset.train, dataset.validation, point, lambda images, is_training: (
-                network(images, settings, args) if is_training else model.classifier(
-                    images, settings, is_training=False, reuse=True))[1],
+                network(images, settings, **network_options(args)) if is_training else
+                model.classifier(images, settings, is_training=False, reuse=True))[1],
             settings['global_pool'], dict(  # and fc6's dropout, where it lies below
                 image_size=args.image_size, precision=precision,
                 preprocessing=settings['preprocessing'],
@@ -656,8 +665,9 @@ def _train(args, extra_hooks):
         log.info('class weights (balanced): %.3g to %.3g', per_class.min(), per_class.max())
     # With the cache, the prefix built on the views made the variables: the head reuses them.
     towers = parallel.on_towers(devices, args.task, lambda images, labels, reuse: tower_loss(
-        images, labels, settings, args, per_class, reuse=True if cached else reuse,
-        start=point if cached else None), images, labels)
+        images, labels, settings, args.label_smoothing, per_class,
+        reuse=True if cached else reuse, start=point if cached else None, **network_options(args)),
+        images, labels)
     if cached:  # validation from its stored features too: its view is the same every time
         stored, stored_labels, initializer, feed = cache.validation_batches(args.val_batch_size)
         evaluation = evaluate.on(stored, stored_labels, settings, initializer, feed, reuse=True,

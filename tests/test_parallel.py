@@ -176,7 +176,8 @@ def test_two_towers_give_the_gradients_and_the_step_of_one_tower_on_the_double_b
     devices = ['/cpu:0', '/cpu:1']
 
     def build(images, labels, reuse):
-        return train.tower_loss(images, labels, settings, args, reuse=reuse)
+        return train.tower_loss(images, labels, settings, args.label_smoothing, reuse=reuse,
+                                **train.network_options(args))
     two = parallel.on_towers(devices, None, build, images, labels)
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
         one = parallel.on_towers([None], None, build, images, labels)
