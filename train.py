@@ -403,7 +403,8 @@ class LoggingHook(tf.train.SessionRunHook):
         validating = validation.seconds if validation else 0.0
         if self._mark is None:
             self._mark = (step, now, validating)
-        elif crossed(self._mark[0], step, self._every) or step >= self._last_step:
+        elif step != self._mark[0] and (crossed(self._mark[0], step, self._every)
+                                        or step >= self._last_step):
             stepping = max(now - self._mark[1] - (validating - self._mark[2]), 1e-9)
             pace = stepping / (step - self._mark[0])
             left = time_left(step, self._last_step, pace, validation.every if validation else 0,
