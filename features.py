@@ -221,8 +221,9 @@ def build(directory, key, split, views, run_shard):
         index = {'key': key, 'shards': {}}
     total = len(todo)
     done_images, read, started = 0, 0, time.time()
-    log.info('feature cache: building %d of %d shards (%d views of %d images) in %s', total,
-             views * -(-len(split.paths) // SHARD_IMAGES), views, len(split.paths), directory)
+    log.info('feature cache: building %d of %d shards (%d view%s of %d images) in %s', total,
+             views * -(-len(split.paths) // SHARD_IMAGES), views, 's' if views > 1 else '',
+             len(split.paths), directory)
     for n, (v, s) in enumerate(todo):
         chunk = slice(s * SHARD_IMAGES, (s + 1) * SHARD_IMAGES)
         features, labels = run_shard(v, split.paths[chunk], split.labels[chunk])
