@@ -344,7 +344,9 @@ class Cache:
         key = dict(self._key, weights=weights, files=files_digest(self.split))
         first = []
 
-        def run_shard(iterator, placeholders, fetches):
+        def run_shard(iterator, placeholders, fetches, extra=None):
+            """build's run_shard over `iterator`'s images; `extra` is run with the first
+            batch, into `first`."""
             def run(view, paths, labels):
                 session.run(iterator.initializer, {placeholders.paths: paths,
                                                    placeholders.labels: labels})
@@ -352,7 +354,7 @@ class Cache:
                 while True:
                     try:
                         fetched = session.run(list(fetches) + (
-                            [first_fetch] if first_fetch is not None and not first else []))
+                            [extra] if extra is not None and not first else []))
                     except tf.errors.OutOfRangeError:
                         break
                     first.extend(fetched[2:])
@@ -364,11 +366,10 @@ class Cache:
             return run
 
         directory = self._stored_in(key, self.split, self.views, run_shard(
-            self._views, self._views_in, [self._prefix, self._view_labels]))
+            self._views, self._views_in, [self._prefix, self._view_labels], first_fetch))
         session.run(self._stored.initializer, {self._files: shard_files(
             directory, self.views, len(self.split.paths))})
-        # Validation's: one view, without training's dropout; first_fetch belongs to training.
-        first_fetch = None
+        # Validation's: one view, without training's dropout.
         key = dict(self._key, weights=weights, files=files_digest(self.validation), views=1,
                    dropout6=None, split='validation')
         directory = self._stored_in(key, self.validation, 1, run_shard(
