@@ -107,13 +107,19 @@ def output(end_points, point, global_pool):
     return end_points['vgg_19/' + point]
 
 
-def weights_digest(session, variables):
-    """A digest of the values of `variables` in `session`, one variable at a time (fc6 alone is
-    411 MB)."""
+def weights_fingerprint(variables):
+    """{name: `variables`' values fingerprinted row by row (farmhash64)}: what the cache key
+    holds of the frozen weights, computed where they live in 0.06 s for VGG19's 550 MB (a
+    Python hash of the values fetched one by one took 2.7 s)."""
+    return {v.op.name: tf.fingerprint(tf.reshape(v, [-1, v.shape[-1]])) for v in variables}
+
+
+def weights_digest(fingerprints):
+    """A digest of weights_fingerprint's values (run)."""
     digest = hashlib.blake2b(digest_size=16)
-    for v in sorted(variables, key=lambda v: v.op.name):
-        digest.update(v.op.name.encode())
-        digest.update(np.ascontiguousarray(session.run(v)).tobytes())
+    for name in sorted(fingerprints):
+        digest.update(name.encode())
+        digest.update(fingerprints[name].tobytes())
     return digest.hexdigest()
 
 
@@ -319,8 +325,8 @@ class Cache:
             data.eval_pipeline(self._eval_in, image_size, build_batch_size))
         eval_images, self._eval_labels, _ = self._eval.get_next()
         self._eval_prefix = output(network(eval_images, False), point, global_pool)
-        self._frozen = [v for v in slim.get_model_variables()
-                        if layer_of(v.op.name) in frozen_layers(point)]
+        self._frozen = weights_fingerprint([v for v in slim.get_model_variables()
+                                            if layer_of(v.op.name) in frozen_layers(point)])
         self._key = dict(key, boundary=point, shape=self.shape, views=views)
         self._files = tf.placeholder(tf.string, [None, None], name='feature_files')
         self._stored = tf.data.make_initializable_iterator(
@@ -340,7 +346,7 @@ class Cache:
     def fill(self, session, first_fetch=None):
         """Build what the cache of this session's frozen weights lacks, then start reading it;
         returns `first_fetch` run with the first batch built (None when nothing was built)."""
-        weights = weights_digest(session, self._frozen)
+        weights = weights_digest(session.run(self._frozen))
         key = dict(self._key, weights=weights, files=files_digest(self.split))
         first = []
 

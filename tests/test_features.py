@@ -36,6 +36,24 @@ def test_the_frozen_layers_are_those_below_the_boundary():
     assert features.frozen_layers('pool4')[-1] == 'conv4'
 
 
+def test_the_weights_digest_changes_with_any_one_weight_and_only_then():
+    rng = np.random.RandomState(0)
+    kernel = tf.Variable(rng.normal(size=[3, 3, 4, 8]).astype(np.float32), name='conv/weights')
+    bias = tf.Variable(rng.normal(size=[8]).astype(np.float32), name='conv/biases')
+    fingerprints = features.weights_fingerprint([kernel, bias])
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        first = features.weights_digest(session.run(fingerprints))
+        for variable, index in [(kernel, (0, 0, 0, 0)), (kernel, (2, 1, 3, 7)), (bias, (5,))]:
+            value = session.run(variable)
+            changed = value.copy()
+            changed[index] = np.nextafter(changed[index], np.float32(np.inf))  # one bit
+            variable.load(changed, session)
+            assert features.weights_digest(session.run(fingerprints)) != first, index
+            variable.load(value, session)
+            assert features.weights_digest(session.run(fingerprints)) == first
+
+
 def test_auto_caches_only_when_the_run_reads_its_views_at_least_once():
     # 100 training images, 4 views: building costs 400 forward passes, so a run of 400 images
     # or more gains, one of 399 would lose.

@@ -558,6 +558,26 @@ def test_label_smoothing_and_class_weights_reach_the_loss(tiny, tmp_path, photo_
     assert len({w for value in fetch.values for w in weight[value['labels']]}) == 2
 
 
+def test_total_loss_holds_the_weight_decay_of_what_trains_and_nothing_frozen(tiny):
+    settings = {'class_ids': ['a', 'b', 'c'], 'fc_conv_padding': 'SAME', 'global_pool': True}
+    images = tf.constant(np.random.RandomState(0).normal(0, 50, [2, 32, 32, 3]), tf.float32)
+    labels = tf.constant([0, 2], tf.int32)
+    options = dict(weight_decay=0.01, init='he', dropout_keep_prob=1.0)
+    head = train.tower_loss(images, labels, settings, trained_scopes=['vgg_19/fc8'], **options)
+    whole = train.tower_loss(images, labels, settings, reuse=True, **options)
+    with tf.Session() as session:
+        session.run(tf.global_variables_initializer())
+        head, whole, weights = session.run((head, whole, {v.op.name: v for v in
+                                                          tf.trainable_variables()}))
+    # slim's l2_regularizer(0.01): 0.01 * sum(w^2) / 2, for each layer's weights (not biases).
+    decay = {name: 0.01 * np.sum(np.square(w.astype(np.float64))) / 2
+             for name, w in weights.items() if name.endswith('weights')}
+    assert sorted(decay) == ['vgg_19/conv1/conv1_1/weights', 'vgg_19/fc8/weights']
+    assert head['total_loss'] - head['loss'] == pytest.approx(decay['vgg_19/fc8/weights'],
+                                                              rel=1e-4)
+    assert whole['total_loss'] - whole['loss'] == pytest.approx(sum(decay.values()), rel=1e-4)
+
+
 def _checkpoint_steps(directory):
     return sorted(int(n.split('-')[1].split('.')[0]) for n in os.listdir(directory)
                   if n.startswith('model.ckpt-') and n.endswith('.index'))
