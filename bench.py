@@ -89,7 +89,7 @@ def parse_args(argv=None):
     p.add_argument('--pipeline-batches', type=int, default=16, help='batches in each timing')
     p.add_argument('--skip', default='', help='comma-separated parts not to run: '
                                               'pipeline,train,inference,matmul,scale,cache')
-    p.add_argument('--cache-image-size', type=int, default=64, help='of the cache part')
+    p.add_argument('--cache-image-size', type=int, default=128, help='of the cache part')
     p.add_argument('--cache-epochs', type=int, default=20, help='of the cache part')
     p.add_argument('--scale-images', default='2020,8080',
                    help='the two dataset sizes of the scale part (e.g. 101000,1000000: '
@@ -450,6 +450,8 @@ def bench_scale(sizes, directory):
 # ---------------------------------------------------------------------------------------------
 # The feature cache: the common job, a head on a frozen base, with and without it.
 
+# The issue's case: about 300 images in 12 classes (the demo's photos and two more), 128 px.
+CACHE_PHOTOS, CACHE_PER_CLASS = demo.PHOTOS + ('cat', 'brick'), 25
 CACHE_FLAGS = ['--trainable-scopes', 'vgg_19/fc8', '--dropout-keep-prob', '1', '--batch-size',
                '32', '--validate-every', '0', '--keep-checkpoints', '1']
 
@@ -514,7 +516,7 @@ def keras_frozen_fit(connection, root, args, precision):
 def bench_cache(args, directory, precision):
     """The wall-clock and validation accuracy of each side of the cache part, and the ratios."""
     root, cache_dir = os.path.join(directory, 'cache-demo'), os.path.join(directory, 'features')
-    demo.make_dataset(root)
+    demo.make_dataset(root, CACHE_PER_CLASS, photos=CACHE_PHOTOS)
     pretrained = random_vgg19(os.path.join(directory, 'random-vgg19', 'vgg_19.ckpt'))
     runs = {}
     runs['cached'] = timed_train(root, pretrained, os.path.join(directory, 'c1'), cache_dir,

@@ -437,14 +437,15 @@ def crossed(last, step, every):
 
 
 class ValidationHook(tf.train.SessionRunHook):
-    """Top-1 and top-k (k = 5, or the number of classes) accuracy over the whole validation
-    split, every `every` steps and at the end, written to TensorBoard as `accuracy` and
-    `accuracy_top5`. A better top-1 than the best so far saves the weights into
+    """Top-1 and top-5 accuracy over the whole validation split, every `every` steps and at
+    the end, written to TensorBoard as `accuracy` and `accuracy_top5` (of more than 5 classes
+    only). A better top-1 than the best so far saves the weights into
     <checkpoint-dir>/best; with `patience`, training stops after that many validations without
     one. `seconds` and `count` add up the passes, for the time left."""
 
-    def __init__(self, evaluation, num_examples, every, checkpoint_dir, best_saver, patience=0):
-        self._evaluation = evaluation
+    def __init__(self, evaluation, num_examples, num_classes, every, checkpoint_dir, best_saver,
+                 patience=0):
+        self._evaluation, self._num_classes = evaluation, num_classes
         self._num_examples, self.every, self._dir = num_examples, every, checkpoint_dir
         self._best_saver, self._patience = best_saver, patience
         self.seconds, self.count = 0.0, 0
@@ -478,13 +479,15 @@ class ValidationHook(tf.train.SessionRunHook):
         accuracy, accuracy5 = evaluate.accuracy(predictions['labels'], predictions['top'])
         seconds = time.time() - start
         self.seconds, self.count = self.seconds + seconds, self.count + 1
-        log.info('validation at step %d: accuracy %.4f  top-%d %.4f  (%d images, %.0f s)',
-                 step, accuracy, predictions['top'].shape[1], accuracy5,
-                 len(predictions['labels']), seconds)
+        # Top-5 of 5 classes or fewer is always 1: said only where it says something.
+        top5 = self._num_classes > evaluate.TOP_K
+        log.info('validation at step %d: accuracy %.4f%s  (%d images, %.0f s)', step, accuracy,
+                 '  top-5 %.4f' % accuracy5 if top5 else '', len(predictions['labels']),
+                 seconds)
         writer = tf.summary.FileWriterCache.get(self._dir)
-        writer.add_summary(tf.Summary(value=[
-            tf.Summary.Value(tag='accuracy', simple_value=accuracy),
-            tf.Summary.Value(tag='accuracy_top5', simple_value=accuracy5)]), step)
+        writer.add_summary(tf.Summary(value=[tf.Summary.Value(
+            tag=tag, simple_value=value) for tag, value in [('accuracy', accuracy)] + (
+                [('accuracy_top5', accuracy5)] if top5 else [])]), step)
         writer.flush()
         self._done_at = step
         best = model.load_best(self._dir)
@@ -754,8 +757,9 @@ def _train(args, extra_hooks):
                  len(tf.trainable_variables()),
                  'steps 0-%d' % args.head_steps if stage == 'head' else
                  'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
-    validation = ValidationHook(evaluation, num_val, args.validate_every, args.checkpoint_dir,
-                                best_saver, args.early_stopping) if chief else None
+    validation = ValidationHook(evaluation, num_val, num_classes, args.validate_every,
+                                args.checkpoint_dir, best_saver, args.early_stopping
+                                ) if chief else None
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
              LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
                           'train_accuracy': train_accuracy}, last_step, step_images,

@@ -261,7 +261,7 @@ def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_en
     rng = random.Random(7)
     resumed, plans, resumes = -1, [], []
 
-    def saving(text, names):  # a checkpoint past the last resume (and step 0) is being written
+    def saving(text, names):  # a checkpoint past the last resume is being written
         # (once this run removed what the last kill left: it logs its stage by then)
         return 'stage from step' in text and any(
             n.endswith('_temp') and _step(n[:-len('_temp')]) > max(resumed, 0) for n in names)
@@ -298,13 +298,15 @@ def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_en
         with open(log_path) as f:
             text = f.read()
         assert 'Traceback' not in text, text[-3000:]
-        if attempt:
+        if named >= 0:  # a checkpoint to resume from (a run saves its first at a step)
             match = re.search(r'resuming from \S+ \(step (\d+)\)', text)
             assert match, text[-3000:]
             step = int(match.group(1))
             assert step >= max(resumed, named), (attempt, step, resumed, named)
             resumed = step
             resumes.append(step)
+        else:  # killed before its first checkpoint, or during it: a start from scratch
+            assert 'starting from scratch' in text, text[-3000:]
         if attempt == 3:
             assert 'is not a checkpoint state' in text
         if attempt and moments[attempt - 1] is saving:  # what the killed save left is gone

@@ -284,6 +284,25 @@ def test_best_checkpoint_bookkeeping(tmp_path):
     assert model.find_checkpoint(directory, best) == best
     with pytest.raises(model.SettingsError, match='no latest checkpoint'):
         model.find_checkpoint(directory, 'latest')
+    # The best of a step that has its checkpoint already shares that checkpoint's files.
+    with tf.Session() as session:
+        session.run(weight.assign(3.0))
+        latest = tf.train.Saver(sharded=True).save(session, os.path.join(directory, 'model.ckpt'),
+                                                   30)
+        saver = model.best_saver(directory, [weight])
+        model.save_best(session, saver, directory, {'step': 30, 'accuracy': 0.8})
+        best = model.find_checkpoint(directory, 'best')
+        assert best == os.path.join(directory, 'best', 'model.ckpt-30')
+        assert os.path.samefile(glob.glob(best + '.data-*')[0], glob.glob(latest + '.data-*')[0])
+        assert tf.train.load_checkpoint(best).get_tensor('Variable') == 3.0
+        assert not glob.glob(os.path.join(directory, 'best', 'model.ckpt-20*'))
+        # and a later best without a checkpoint of its step is saved, the link removed
+        session.run(weight.assign(4.0))
+        model.save_best(session, saver, directory, {'step': 40, 'accuracy': 0.9})
+    assert model.load_best(directory)['checkpoint'] == 'model.ckpt-40'
+    assert sorted(os.listdir(os.path.join(directory, 'best'))) == [
+        'best.json', 'checkpoint', 'model.ckpt-40.data-00000-of-00001', 'model.ckpt-40.index']
+    assert tf.train.load_checkpoint(latest).get_tensor('Variable') == 3.0
     with pytest.raises(model.SettingsError, match='no checkpoint nowhere'):
         model.find_checkpoint(directory, 'nowhere')
 
