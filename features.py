@@ -74,20 +74,22 @@ def frozen_layers(point):
     return LAYERS[:LAYERS.index(last) + 1]
 
 
-def decide(mode, point, towers=1, cluster=False, head_steps=0, remaining_images=0,
-           train_images=0, views=1):
+def decide(mode, point, towers=1, cluster=False, remaining_images=0, train_images=0, views=1,
+           after_head=False):
     """(use the cache, why): `auto` caches when there is a frozen prefix and the run still reads
-    at least `views` epochs (else building costs more forward passes than it saves); `on`
-    refuses with a CacheError what cannot use it; `off` is the uncached graph."""
+    at least `views` epochs from it (else building costs more forward passes than it saves);
+    `on` refuses with a CacheError what cannot use it; `off` is the uncached graph. With
+    --head-steps, `point` and `remaining_images` are the head stage's, and a run that resumes
+    `after_head` reads images alone."""
     if mode == 'off':
         return False, '--feature-cache off'
+    if after_head:
+        return False, 'the main stage of --head-steps trains the layers below the head'
     cannot = None
     if point is None:
         cannot = 'the layers below conv5 train, so nothing frozen is worth storing'
     elif towers > 1 or cluster:
         cannot = 'towers and clusters read images, not stored features'
-    elif head_steps:
-        cannot = 'the main stage of --head-steps trains the layers below the head'
     if cannot:
         if mode == 'on':
             raise CacheError('--feature-cache on: %s; use --feature-cache auto or off' % cannot)

@@ -388,22 +388,33 @@ def clock(seconds):
     return '%dm%02ds' % divmod(seconds, 60) if seconds >= 60 else '%ds' % seconds
 
 
+def of_stage(run_context, by_stage):
+    """What `by_stage` ([(the loop's fetch of a stage (train_ops), what)]) holds for the stage
+    this run steps, for a hook's before_run: [what], or [] for a run of something else."""
+    fetch = step_after_update(run_context)
+    return [what for f, what in by_stage if f is fetch]
+
+
 class LoggingHook(tf.train.SessionRunHook):
     """Every `every` steps: step/total, loss, batch accuracy, learning rate, images/s, time left.
-    The pace leaves out the time of `validation`'s passes, and the time left counts them."""
+    `scalars`: [(a stage's fetch, {loss, total_loss, train_accuracy, learning_rate})]. The pace
+    leaves out the time of `validation`'s passes, and the time left counts them."""
 
-    def __init__(self, tensors, last_step, batch_size, every, validation=None):
-        self._tensors, self._last_step = tensors, last_step
+    def __init__(self, scalars, last_step, batch_size, every, validation=None):
+        self._scalars, self._last_step = scalars, last_step
         self._batch_size, self._every = batch_size, every
         self._validation = validation
         self._mark = None
 
     def before_run(self, run_context):
         return tf.train.SessionRunArgs({'step': step_after_update(run_context),
-                                        'values': self._tensors})
+                                        'values': of_stage(run_context, self._scalars)})
 
     def after_run(self, run_context, run_values):
-        step, values, now = run_values.results['step'], run_values.results['values'], time.time()
+        step, now = run_values.results['step'], time.time()
+        if not run_values.results['values']:
+            return
+        values = run_values.results['values'][0]
         validation = self._validation
         validating = validation.seconds if validation else 0.0
         if self._mark is None:
@@ -420,6 +431,31 @@ class LoggingHook(tf.train.SessionRunHook):
                      values['total_loss'], values['train_accuracy'], values['learning_rate'],
                      self._batch_size / pace, clock(left))
             self._mark = (step, now, validating)
+
+
+class SummaryHook(tf.train.SessionRunHook):
+    """TensorBoard's scalars of the stage each step runs (`scalars` as LoggingHook's), at the
+    first step and every `every` steps after, at the step after the update: fetched beside the
+    step, where a summary op of both stages would pull the input of the other one too."""
+
+    def __init__(self, scalars, every, directory):
+        self._scalars, self._every, self._dir = scalars, every, directory
+        self._written = None
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs({'step': step_after_update(run_context),
+                                        'values': of_stage(run_context, self._scalars)})
+
+    def after_run(self, run_context, run_values):
+        step, values = run_values.results['step'], run_values.results['values']
+        if values and (self._written is None or step >= self._written + self._every):
+            tf.summary.FileWriterCache.get(self._dir).add_summary(tf.Summary(value=[
+                tf.Summary.Value(tag=tag, simple_value=float(value))
+                for tag, value in sorted(values[0].items())]), step)
+            self._written = step
+
+    def end(self, session):
+        tf.summary.FileWriterCache.get(self._dir).flush()
 
 
 def step_after_update(run_context):
@@ -547,32 +583,31 @@ class NanGuardHook(tf.train.SessionRunHook):
     is never saved (a finite loss with an overflowing update still makes infinite weights).
 
     `updates`: [(the loop's fetch of a stage (train_ops), its update op, the variables it
-    trains)]. The check of the weights runs in the same run as the update, after it."""
+    trains, its loss)]. The check of the weights runs in the same run as the update, after it."""
 
-    def __init__(self, loss, updates):
-        self._loss, self._updates = loss, updates
+    def __init__(self, updates):
+        self._updates = updates
 
     def begin(self):
-        self._finite = []
-        for fetch, update, var_list in self._updates:
+        self._checks = []
+        for fetch, update, var_list, loss in self._updates:
             sums = []
             for v in var_list:
                 # On a parameter server, only the answer travels. A sum is not finite when an
                 # element is not, and reads the weights once, with nothing the size of them made.
                 with tf.colocate_with(v), tf.control_dependencies([update]):
                     sums.append(tf.reduce_sum(v))
-            self._finite.append((fetch, tf.reduce_all(tf.is_finite(tf.stack(sums)))))
+            self._checks.append((fetch, {'loss': loss, 'weights': tf.reduce_all(
+                tf.is_finite(tf.stack(sums)))}))
 
     def before_run(self, run_context):
-        fetch = step_after_update(run_context)
-        finite = [check for f, check in self._finite if f is fetch]
-        return tf.train.SessionRunArgs({'loss': self._loss, 'finite': finite,
-                                        'step': fetch})
+        return tf.train.SessionRunArgs({'step': step_after_update(run_context),
+                                        'checks': of_stage(run_context, self._checks)})
 
     def after_run(self, run_context, run_values):
-        results = run_values.results
-        if not (np.isfinite(results['loss']) and all(results['finite'])):
-            raise NonFiniteError(results['step'])
+        for check in run_values.results['checks']:
+            if not (np.isfinite(check['loss']) and check['weights']):
+                raise NonFiniteError(run_values.results['step'])
 
 
 def recover(checkpoint_dir):
@@ -649,16 +684,24 @@ def _train(args, extra_hooks):
             args.batch_size // len(devices), ', '.join(d or 'default device' for d in devices))
 
     global_step = tf.train.get_or_create_global_step()
-    # The frozen layers below the first trainable one run once per stored view, not every step,
-    # where that pays (features.py).
+    # The frozen layers below the first trainable one (of the head stage, with --head-steps)
+    # run once per stored view, not every step, where that pays (features.py).
     trainable = cli.comma_list(args.trainable_scopes)
+    first = cli.comma_list(args.exclude_scopes) if args.head_steps else trainable
     point = features.boundary([name for name in model.vgg19_variables(num_classes)
-                               if not trainable or model.in_scopes(name, trainable)])
+                               if not first or model.in_scopes(name, first)])
     start_step = int(latest.rsplit('-', 1)[-1]) if latest else 0
-    cached, why = features.decide(args.feature_cache, point, len(devices), bool(args.task),
-                                  args.head_steps, (last_step - start_step) * step_images,
-                                  num_train, args.cache_views)
-    log.info('feature cache: %s (%s)', 'on, from %s up' % point if cached else 'off', why)
+    cached, why = features.decide(
+        args.feature_cache, point, len(devices), bool(args.task),
+        ((args.head_steps or last_step) - start_step) * step_images, num_train, args.cache_views,
+        after_head=bool(args.head_steps) and start_step >= args.head_steps)
+    log.info('feature cache: %s (%s)', 'on, from %s up%s' % (
+        point, ' in the head stage' if args.head_steps else '') if cached else 'off', why)
+    # What each stage reads: stored features (True) or images (False), and the towers on each.
+    reads_cache = {'main': cached and not args.head_steps}
+    if args.head_steps:
+        reads_cache['head'] = cached
+    batches = {}
     if cached:
         cache = features.Cache(
             dataset.train, dataset.validation, point, lambda images, is_training: (
@@ -670,15 +713,16 @@ def _train(args, extra_hooks):
                 dropout6=args.dropout_keep_prob if point == 'fc7' else None),
             args.image_size, args.batch_size, args.val_batch_size, args.cache_views,
             args.cache_dir, args.seed)
-        images, labels, inputs = cache.features, cache.labels, cache.view_images
-    else:
+        batches[True] = cache.features, cache.labels
+    if not all(reads_cache.values()):
         # The file list is fed to the iterator in each session made (FeedInitializerHook), not
         # written into the graph.
         placeholders = data.split_placeholders('train_split')
         iterator = tf.data.make_initializable_iterator(data.train_pipeline(
             placeholders, args.image_size, args.batch_size, seed=args.seed))
         images, labels = iterator.get_next()
-        labels, inputs = tf.cast(labels, tf.int32), images
+        batches[False] = images, tf.cast(labels, tf.int32)
+    inputs = cache.view_images if cached else batches[False][0]
 
     # Model and loss (cross entropy, smoothed and weighted as asked, plus the arg_scope's weight
     # decay of what trains, in either stage): one tower per device on its share of the batch,
@@ -690,24 +734,24 @@ def _train(args, extra_hooks):
     if args.class_weights == 'balanced':
         per_class = class_weights(dataset.train.labels, num_classes)
         log.info('class weights (balanced): %.3g to %.3g', per_class.min(), per_class.max())
-    # With the cache, the prefix built on the views made the variables: the head reuses them.
-    towers = parallel.on_towers(devices, args.task, lambda images, labels, reuse: tower_loss(
-        images, labels, settings, args.label_smoothing, per_class,
-        reuse=True if cached else reuse, start=point if cached else None,
-        trained_scopes=trained or None, **network_options(args)), images, labels)
-    if cached:  # validation from its stored features too: its view is the same every time
+    towers, metrics = {}, {}
+    for stored, batch in batches.items():
+        # With the cache, the prefix built on the views made the variables: all reuse them.
+        towers[stored] = parallel.on_towers(
+            devices, args.task, lambda images, labels, reuse: tower_loss(
+                images, labels, settings, args.label_smoothing, per_class,
+                reuse=True if cached else reuse, start=point if stored else None,
+                trained_scopes=trained or None, **network_options(args)), *batch)
+        metrics[stored] = {key: parallel.mean([t[key] for t in towers[stored]])
+                           for key in ('loss', 'total_loss', 'train_accuracy')}
+    if reads_cache['main']:  # validation from its stored features too: its view is fixed
         stored, stored_labels, initializer, feed = cache.validation_batches(args.val_batch_size)
         evaluation = evaluate.on(stored, stored_labels, settings, initializer, feed, reuse=True,
                                  start=point)
     else:
         evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size,
                                     reuse=True)
-    loss, total_loss, train_accuracy = (parallel.mean([t[key] for t in towers]) for key in (
-        'loss', 'total_loss', 'train_accuracy'))
-    tf.summary.scalar('loss', loss)
-    tf.summary.scalar('total_loss', total_loss)
-    tf.summary.scalar('train_accuracy', train_accuracy)
-    # What the network is fed, once at each start: kept out of the periodic summaries.
+    # What the network is fed, once at each start.
     inputs_summary = tf.summary.image('inputs', data.to_viewable(inputs), max_outputs=4,
                                       collections=[])
 
@@ -715,11 +759,10 @@ def _train(args, extra_hooks):
     # gradients and no slots; the head stage has its own slots, so both stages exist in every
     # checkpoint and a restart can resume in either.
     learning_rate = tf.placeholder(tf.float32, [], name='learning_rate_fed')
-    tf.summary.scalar('learning_rate', learning_rate)
     stages = {'main': variables_in(args.trainable_scopes, '--trainable-scopes')}
     if args.head_steps:
         stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
-    train_ops, updates, sync_hooks, rate, store_rate = {}, [], [], learning_rate, []
+    train_ops, updates, scalars, sync_hooks, rate, store_rate = {}, [], [], [], learning_rate, []
     if args.sync_replicas:
         rate, store_rate = parallel.stored_on_ps(learning_rate)
     for stage, var_list in stages.items():  # main first: its names are a one-stage run's
@@ -727,11 +770,13 @@ def _train(args, extra_hooks):
             rate, args, 'head_' if stage == 'head' else ''), precision)
         if args.sync_replicas:
             optimizer, sync_hooks = parallel.sync_replicas(optimizer, args.task)
-        update = parallel.minimize(optimizer, [t['total_loss'] for t in towers], devices,
-                                   args.task, var_list, global_step, before=store_rate)
+        update = parallel.minimize(optimizer, [t['total_loss'] for t in towers[reads_cache[
+            stage]]], devices, args.task, var_list, global_step, before=store_rate)
         with tf.control_dependencies([update]):
             train_ops[stage] = global_step.read_value()  # the step after the update
-        updates.append((train_ops[stage], update, var_list))
+        stage_metrics = metrics[reads_cache[stage]]
+        updates.append((train_ops[stage], update, var_list, stage_metrics['total_loss']))
+        scalars.append((train_ops[stage], dict(stage_metrics, learning_rate=learning_rate)))
     best_dir = os.path.join(args.checkpoint_dir, model.BEST_DIR)
     if chief and not latest and os.path.isdir(best_dir):
         # The best of a model whose checkpoints are gone is not this run's: keep it aside.
@@ -761,16 +806,16 @@ def _train(args, extra_hooks):
                                 args.checkpoint_dir, best_saver, args.early_stopping
                                 ) if chief else None
     hooks = [tf.train.StopAtStepHook(last_step=last_step),
-             LoggingHook({'loss': loss, 'total_loss': total_loss, 'learning_rate': learning_rate,
-                          'train_accuracy': train_accuracy}, last_step, step_images,
-                         args.log_every, validation)]
-    if not cached:  # the cache starts its reader itself, once it is filled
+             LoggingHook(scalars, last_step, step_images, args.log_every, validation)]
+    if False in batches:  # the cache starts its reader itself, once it is filled
         hooks.insert(0, FeedInitializerHook(iterator.initializer, data.split_feed(
             placeholders, dataset.train)))
     if chief:  # what writes into --checkpoint-dir
-        hooks += [validation] if cached else [tf.train.SummarySaverHook(
-            save_steps=last_step + 1, output_dir=args.checkpoint_dir, summary_op=inputs_summary),
-            validation]
+        hooks += [SummaryHook(scalars, args.summary_every, args.checkpoint_dir), validation]
+        if not cached:  # (the cache writes the views it builds)
+            hooks.insert(-1, tf.train.SummarySaverHook(
+                save_steps=last_step + 1, output_dir=args.checkpoint_dir,
+                summary_op=inputs_summary))
     hooks += list(extra_hooks)
     if args.task:
         hooks += sync_hooks + [parallel.StepCountHook(args.task)]
@@ -779,7 +824,7 @@ def _train(args, extra_hooks):
         sharded=True, max_to_keep=args.keep_checkpoints, allow_empty=True))
     # The NaN guard runs ahead of the checkpoint saver, so a NaN step is never saved; the saver
     # ahead of the validation, whose best can then be the checkpoint just saved.
-    chief_hooks = [NanGuardHook(total_loss, updates), CheckpointSaverHook(
+    chief_hooks = [NanGuardHook(updates), CheckpointSaverHook(
         args.checkpoint_dir, save_secs=None if args.save_every_steps else args.save_every_secs,
         save_steps=args.save_every_steps or None, scaffold=scaffold)]
     if not chief:
@@ -788,7 +833,7 @@ def _train(args, extra_hooks):
         session = tf.train.MonitoredTrainingSession(
             master=server.target if server else '', is_chief=chief, config=config,
             checkpoint_dir=args.checkpoint_dir, scaffold=scaffold, hooks=hooks,
-            chief_only_hooks=chief_hooks, save_summaries_steps=args.summary_every,
+            chief_only_hooks=chief_hooks, save_summaries_steps=None,  # SummaryHook's
             save_checkpoint_secs=None, save_checkpoint_steps=None, log_step_count_steps=0)
     except tf.errors.NotFoundError as e:
         raise model.SettingsError(

@@ -1,4 +1,5 @@
 """features.py: the frozen prefix stored once per view, the head trained from what is stored."""
+import logging
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import data
 import demo
 import features
 import model
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +70,6 @@ def test_auto_caches_only_when_the_run_reads_its_views_at_least_once():
     (dict(point=None), 'below conv5'),
     (dict(towers=2), 'towers'),
     (dict(cluster=True), 'clusters'),
-    (dict(head_steps=10), '--head-steps'),
 ])
 def test_what_cannot_use_the_cache_is_refused_when_asked_and_left_uncached_by_auto(
         settings, reason):
@@ -78,6 +79,13 @@ def test_what_cannot_use_the_cache_is_refused_when_asked_and_left_uncached_by_au
         features.decide('on', point, **options)
     use, why = features.decide('auto', point, **options)
     assert not use and reason.strip('-') in why
+
+
+def test_a_run_resumed_past_its_head_stage_reads_images_even_when_on_was_asked():
+    for mode in ('on', 'auto'):
+        use, why = features.decide(mode, 'fc7', remaining_images=-40, train_images=10,
+                                   after_head=True)
+        assert not use and 'main stage of --head-steps' in why
 
 
 @pytest.mark.parametrize('point', model.STARTS)
@@ -228,6 +236,72 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     # --feature-cache off: no cache, the images themselves.
     fourth = _train(dataset, str(tmp_path / 'c'), cache, '--feature-cache', 'off')
     assert 'feature cache: off (--feature-cache off)' in fourth and len(os.listdir(cache)) == 3
+
+
+class _Steps(tf.train.SessionRunHook):
+    """After each step: records `record()` at the step after it; Ctrl-C at `interrupt`."""
+
+    def __init__(self, record, interrupt=None):
+        self._record, self._interrupt, self.at = record, interrupt, {}
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(train.step_after_update(run_context))
+
+    def after_run(self, run_context, run_values):
+        self.at[run_values.results] = self._record()
+        if run_values.results == self._interrupt:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_the_head_stage_trains_from_stored_features_and_the_main_stage_from_images(
+        tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    dataset, out = str(tmp_path / 'photos'), str(tmp_path / 'run')
+    demo.make_many(dataset, 30, classes=3)  # 24 training images
+    read, pipeline = [], data.train_pipeline  # batches of images training took
+
+    def counted(*args, **kwargs):
+        def count(labels):
+            read.append(len(labels))
+            return labels
+        return pipeline(*args, **kwargs).map(lambda images, labels: (images, tf.ensure_shape(
+            tf.py_func(count, [labels], labels.dtype), labels.shape)))
+    monkeypatch.setattr(data, 'train_pipeline', counted)
+    flags = ['--dataset', dataset, '--checkpoint-dir', out, '--cache-dir', str(tmp_path / 'c'),
+             '--pretrained', 'none', '--init', 'he', '--image-size', '32', '--batch-size', '4',
+             '--validate-every', '0', '--head-steps', '8', '--trainable-scopes',
+             'vgg_19/fc7,vgg_19/fc8', '--feature-cache', 'on', '--cache-views', '1',
+             '--save-every-steps', '1', '--keep-checkpoints', '20']
+
+    def run(extra, hook):
+        with tf.Graph().as_default():
+            train.train(train.parse_args(flags + extra), [hook])
+    first = _Steps(lambda: len(read), interrupt=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(['--max-steps', '10'], first)
+    assert 'feature cache: on, from fc7 up in the head stage' in caplog.text
+    assert 'feature cache: built 1 view of 24 training images' in caplog.text
+    # A restart in the head stage reads what is stored; the main stage reads images.
+    caplog.clear()
+    second = _Steps(lambda: len(read))
+    run(['--max-steps', '10'], second)
+    assert 'feature cache: reused 1 view of 24 training images' in caplog.text
+    assert 'head stage from step 4' in caplog.text and 'main stage from step 8' in caplog.text
+    assert first.at[4] == 0 and second.at[8] == 0  # not one batch of images in the head stage
+    assert second.at[10] >= 2
+    # The head stage trained fc8 alone, the main stage fc7 too.
+    saved = {step: tf.train.load_checkpoint(os.path.join(out, 'model.ckpt-%d' % step))
+             for step in (1, 8, 10)}
+
+    def same(name, a, b):
+        return np.array_equal(saved[a].get_tensor(name), saved[b].get_tensor(name))
+    assert not same('vgg_19/fc8/weights', 1, 8) and same('vgg_19/fc7/weights', 1, 8)
+    assert not same('vgg_19/fc7/weights', 8, 10) and same('vgg_19/fc6/weights', 1, 10)
+    # Resumed past the head stage: images alone, whatever --feature-cache says.
+    caplog.clear()
+    run(['--max-steps', '12'], _Steps(lambda: len(read)))
+    assert 'feature cache: off (the main stage of --head-steps' in caplog.text
 
 
 @pytest.mark.slow

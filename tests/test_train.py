@@ -270,7 +270,7 @@ def test_ctrl_c_mid_run_then_the_same_command_resumes(photo_dataset, tmp_path):
     command = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', photo_dataset,
                '--pretrained', 'none', '--checkpoint-dir', out, '--image-size', '32',
                '--batch-size', '4', '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0',
-               '--save-every-secs', '2', '--max-steps', '100000']
+               '--save-every-secs', '2', '--epochs', '100000', '--max-steps', '100000']
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     try:
@@ -322,7 +322,8 @@ def test_two_stages_freeze_what_they_should_and_resume_in_either(photo_dataset, 
     flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
              '--image-size', '32', '--batch-size', '4', '--validate-every', '0', '--init', 'he',
              '--head-steps', '3', '--trainable-scopes', 'vgg_19/fc7,vgg_19/fc8',
-             '--max-steps', '6', '--summary-every', '1', '--save-every-secs', '3600']
+             '--max-steps', '6', '--summary-every', '1', '--save-every-steps', '1',
+             '--keep-checkpoints', '6']
     with pytest.raises(KeyboardInterrupt):
         _train(flags, [_InterruptAt(2)])  # in the head stage
     assert 'head stage from step 0' in caplog.text
@@ -335,21 +336,22 @@ def test_two_stages_freeze_what_they_should_and_resume_in_either(photo_dataset, 
     assert 'main stage from step 4' in caplog.text and 'head stage from' not in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-6')
 
+    # Checkpoint k holds the weights after k updates: 1-3 of the head stage, 4-6 of the main.
     saved = {step: tf.train.load_checkpoint(os.path.join(out, 'model.ckpt-%d' % step))
-             for step in (0, 2, 4, 6)}
+             for step in range(1, 7)}
 
     def same(name, a, b):
         return np.array_equal(saved[a].get_tensor(name), saved[b].get_tensor(name))
     for name in ('vgg_19/conv1/conv1_1/weights', 'vgg_19/conv5/conv5_4/biases',
                  'vgg_19/fc6/weights'):
-        assert same(name, 0, 6), name  # frozen in both stages
-    assert not same('vgg_19/fc8/weights', 0, 2)  # the head stage trains the head...
-    assert same('vgg_19/fc7/weights', 0, 2)  # ...alone
-    assert not same('vgg_19/fc7/weights', 2, 4) and not same('vgg_19/fc7/weights', 4, 6)
+        assert same(name, 1, 6), name  # frozen in both stages
+    assert not same('vgg_19/fc8/weights', 1, 2)  # the head stage trains the head...
+    assert same('vgg_19/fc7/weights', 1, 3)  # ...alone
+    assert not same('vgg_19/fc7/weights', 3, 4) and not same('vgg_19/fc7/weights', 4, 6)
     assert not same('vgg_19/fc8/weights', 4, 6)
 
     # Slots for what each stage trains, none for the frozen variables, and no gradient either.
-    names = saved[0].get_variable_to_shape_map()
+    names = saved[1].get_variable_to_shape_map()
     assert {'vgg_19/fc8/weights/head_Momentum', 'vgg_19/fc7/weights/Momentum',
             'vgg_19/fc8/weights/Momentum'} <= set(names)
     assert not [n for n in names if n.startswith(('vgg_19/conv', 'vgg_19/fc6/')) and
