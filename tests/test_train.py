@@ -296,6 +296,15 @@ def test_ctrl_c_mid_run_then_the_same_command_resumes(photo_dataset, tmp_path):
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-%d' % (step + 2))
 
 
+def test_ctrl_c_during_the_loop_is_noted_for_it_and_the_handler_put_back():
+    before = signal.getsignal(signal.SIGINT)
+    with train.interrupt_between_steps() as interrupted:
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt here, wherever that is
+        time.sleep(0.01)
+        assert interrupted == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 class _InterruptAt(tf.train.SessionRunHook):
     """Ctrl-C as soon as the global step reaches `step`."""
 
