@@ -140,8 +140,11 @@ def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scop
     convolution is a matrix multiply, and it is computed as one: TensorFlow's CPU gradient of
     these convolutions is 10 to 20 times slower than a matmul's (fc6: 30 s against 2 s at batch
     16 on 2 cores). On a map smaller than the kernel with SAME padding only the central taps
-    reach the map, so those alone do the same arithmetic. The variables stay as in the
-    checkpoint: (kernel, kernel, channels, num_outputs).
+    reach the map, so those alone do the same arithmetic, and the windows become the rows of one
+    matmul (fc6 under 224 px: a 128 px training step 2.2x faster in bf16, 1.6x in fp32, on the
+    AMX Xeon; TensorFlow's convolution ran these 7x7 windows on a 4x4 map at a seventh of the
+    machine's matmul speed). The variables stay as in the checkpoint: (kernel, kernel, channels,
+    num_outputs).
     """
     height, width, channels = net.shape[1], net.shape[2], net.shape[3]
     settings = dict(slim.current_arg_scope().get(slim.arg_scope_func_key(slim.conv2d), {}),
@@ -168,6 +171,12 @@ def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scop
         elif padding == 'VALID' and taps == [height, width]:  # one window: the whole map
             net = tf.matmul(tf.reshape(net, [-1, height * width * channels]),
                             tf.reshape(weights, [-1, num_outputs]))[:, None, None, :]
+        elif padding == 'SAME':  # a map of at most 6x6 under 224 px: its windows as rows
+            windows = tf.image.extract_patches(net, [1] + taps + [1], [1, 1, 1, 1],
+                                               [1, 1, 1, 1], 'SAME')
+            shape = tf.concat([tf.shape(net)[:3], [num_outputs]], 0)
+            net = tf.reshape(tf.matmul(tf.reshape(windows, [-1, windows.shape[-1]]),
+                                       tf.reshape(weights, [-1, num_outputs])), shape)
         else:
             net = tf.nn.conv2d(net, weights, 1, padding)
         net = tf.nn.bias_add(net, biases)

@@ -60,7 +60,8 @@ def test_same_logits_as_slim_reference():
 
 
 @pytest.mark.parametrize('outputs, kernel, padding, size', [
-    (4096, 7, 'SAME', 1), (4096, 7, 'SAME', 2), (4096, 7, 'SAME', 3), (4096, 7, 'SAME', 6),
+    (4096, 7, 'SAME', 1), (4096, 7, 'SAME', 2), (4096, 7, 'SAME', 3), (4096, 7, 'SAME', 4),
+    (4096, 7, 'SAME', 5), (4096, 7, 'SAME', 6),  # 32 to 192 px
     (4096, 7, 'VALID', 7),  # fc6 at 224 px: a matmul
     (4096, 7, 'VALID', 9),  # larger inputs: a sliding 7x7 window
     (1000, 1, 'SAME', 1), (100, 1, 'SAME', 3),  # fc7 and fc8: matmuls
