@@ -650,10 +650,11 @@ def _train(args, extra_hooks):
     dataset = data.load_dataset(args.dataset, args.val_fraction, args.seed)
     # The pretrained checkpoint is read back whole before the image check and before any graph
     # is built, so a broken download ends in one line saying what to do, not in the restore.
-    init_fn = None
+    init_fn, restored = None, {}
     if chief and not latest and args.pretrained != 'none':
-        init_fn = model.pretrained_init_fn(args.pretrained, model.vgg19_variables(
-            len(dataset.class_ids), cli.comma_list(args.exclude_scopes)))
+        restored = model.vgg19_variables(len(dataset.class_ids),
+                                         cli.comma_list(args.exclude_scopes))
+        init_fn = model.pretrained_init_fn(args.pretrained, restored)
     if chief:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     # The image check's cache is the chief's to write; the other workers reuse it when it
@@ -823,7 +824,8 @@ def _train(args, extra_hooks):
     if args.task:
         hooks += sync_hooks + [parallel.StepCountHook(args.task)]
     # The Scaffold's default saver, with --keep-checkpoints.
-    scaffold = tf.train.Scaffold(init_fn=init_fn, saver=tf.train.Saver(
+    scaffold = tf.train.Scaffold(init_fn=init_fn, init_op=model.initialized_elsewhere(
+        restored) if init_fn else None, saver=tf.train.Saver(
         sharded=True, max_to_keep=args.keep_checkpoints, allow_empty=True))
     # The NaN guard runs ahead of the checkpoint saver, so a NaN step is never saved; the saver
     # ahead of the validation, whose best can then be the checkpoint just saved.
