@@ -64,6 +64,7 @@ import data
 import demo
 import inference
 import model
+import rundir
 import parallel
 import train
 
@@ -215,12 +216,8 @@ def bench_pipeline(args, directory):
 # 2 and 3. Training step and inference: this tool's graph, and Keras.
 
 def settings_for(args):
-    padding, global_pool = model.fc_options(args.image_size)
-    return {'class_ids': ['class_%d' % i for i in range(args.classes)],
-            'class_names': ['Class %d' % i for i in range(args.classes)],
-            'image_size': args.image_size, 'fc_conv_padding': padding,
-            'global_pool': global_pool,
-            'preprocessing': data.preprocessing_settings(args.image_size)}
+    return rundir.model_settings(['class_%d' % i for i in range(args.classes)],
+                                 ['Class %d' % i for i in range(args.classes)], args.image_size)
 
 
 class SlimTrainer:
@@ -250,9 +247,9 @@ class SlimTrainer:
 
     def save(self, directory):
         """A checkpoint directory as training leaves one, for inference.Predictor."""
-        model.save_settings(directory, self.settings)
+        rundir.save_settings(directory, self.settings)
         with self.graph.as_default():  # Keras keeps this process eager
-            self.saver.save(self.session, os.path.join(directory, 'model.ckpt'))
+            self.saver.save(self.session, os.path.join(directory, rundir.CHECKPOINT_PREFIX))
 
 
 def keras_vgg19(args, precision):
@@ -404,7 +401,7 @@ def scale_run(connection, root, out, started):
     dataset = data.load_dataset(root)
     os.makedirs(out)
     check = seconds(lambda: data.drop_unreadable(
-        dataset, cache_file=os.path.join(out, 'unreadable.json'),
+        dataset, cache_file=os.path.join(out, rundir.UNREADABLE_FILE),
         resize_side=data.resize_side_range(args.image_size)[0]))
     times = {}
     with tf.Graph().as_default():
@@ -479,7 +476,7 @@ def timed_train(root, pretrained, out, cache_dir, args, precision, *flags):
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError('the cache part\'s train.py failed: %s' % result.stderr[-1000:])
-    return time.time() - started, model.load_best(out)['accuracy']
+    return time.time() - started, rundir.load_best(out)['accuracy']
 
 
 def keras_frozen_fit(connection, root, args, precision):

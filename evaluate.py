@@ -27,11 +27,11 @@ import tf_slim as slim
 import cli
 import data
 import model
+import rundir
 
 log = logging.getLogger('evaluate')
 
 TOP_K = 5
-CURVES_FILE = 'curves.png'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +298,8 @@ def plot_curves(checkpoint_dir):
     if not scalars:
         return None
     try:
-        settings = model.load_settings(checkpoint_dir)
-    except model.SettingsError:
+        settings = rundir.load_settings(checkpoint_dir)
+    except rundir.SettingsError:
         settings = None
     if settings and len(settings['class_ids']) <= TOP_K:
         scalars.pop('accuracy_top5', None)  # top-5 of 5 classes or fewer is always 1
@@ -318,7 +318,7 @@ def plot_curves(checkpoint_dir):
     panels[-1].set_xlabel('step')
     figure.suptitle(os.path.basename(os.path.normpath(checkpoint_dir)))
     figure.tight_layout()
-    path = os.path.join(checkpoint_dir, CURVES_FILE)
+    path = os.path.join(checkpoint_dir, rundir.CURVES_FILE)
     figure.savefig(path + '.tmp.png', dpi=100)
     plt.close(figure)
     os.replace(path + '.tmp.png', path)
@@ -330,7 +330,7 @@ def plot_curves(checkpoint_dir):
 
 def parse_args(argv=None):
     p = cli.ArgumentParser(description='Evaluate a trained VGG19 on a dataset split.')
-    model.add_checkpoint_flags(p)
+    rundir.add_checkpoint_flags(p)
     p.add_argument('--dataset', default=None,
                    help='dataset root (default: the one the model was trained on)')
     p.add_argument('--split', choices=('validation', 'train'), default='validation')
@@ -353,8 +353,7 @@ def parse_args(argv=None):
 
 def evaluate(args):
     """Run the evaluation that `args` asks for; returns the report (a dict)."""
-    settings, checkpoint = model.trained_model(args.checkpoint_dir, args.checkpoint,
-                                               data.preprocessing_settings)
+    settings, checkpoint = rundir.trained_model(args.checkpoint_dir, args.checkpoint)
     root = args.dataset or settings.get('dataset')
     if not root or not os.path.isdir(root):
         raise data.DatasetError('dataset %s not found: pass --dataset' % root)
@@ -364,8 +363,8 @@ def evaluate(args):
                                 % (root, args.checkpoint_dir))
     # Training's record of undecodable files holds for its own dataset only.
     same = os.path.abspath(root) == settings.get('dataset')
-    dataset = data.drop_unreadable(dataset, os.path.join(args.checkpoint_dir, 'unreadable.json')
-                                   if same else None)
+    dataset = data.drop_unreadable(
+        dataset, os.path.join(args.checkpoint_dir, rundir.UNREADABLE_FILE) if same else None)
     split = getattr(dataset, args.split)
     if not split.paths:
         raise data.DatasetError('the %s split of %s is empty' % (args.split, root))
@@ -374,7 +373,7 @@ def evaluate(args):
         evaluation = build(split, settings, args.batch_size)
         saver = tf.train.Saver(slim.get_model_variables())
         with tf.Session(config=hardware.session_config(precision, args.xla)) as session:
-            model.restore(saver, session, checkpoint)
+            rundir.restore(saver, session, checkpoint)
             log.info('evaluating %s on %d %s images of %s', checkpoint, len(split.paths),
                      args.split, root)
             predictions = predict(session, evaluation, len(split.paths))
@@ -382,7 +381,7 @@ def evaluate(args):
     step = _step(checkpoint)
     result.update(checkpoint=checkpoint, step=step, split=args.split, dataset=root,
                   precision=precision)
-    output = args.output_dir or os.path.join(args.checkpoint_dir, 'eval', args.split)
+    output = args.output_dir or os.path.join(args.checkpoint_dir, rundir.EVAL_DIR, args.split)
     write_outputs(result, output, step)
     log.info('wrote confusion_matrix.csv/.png, misclassified.csv, report.json and a TensorBoard '
              'image into %s', output)
@@ -406,12 +405,12 @@ def main(argv=None):
         if args.curves:
             path = plot_curves(args.checkpoint_dir)
             if path is None:
-                raise model.SettingsError('%s holds no training event files yet'
-                                          % args.checkpoint_dir)
+                raise rundir.SettingsError('%s holds no training event files yet'
+                                           % args.checkpoint_dir)
             print(path)
             return 0
         result = evaluate(args)
-    except (data.DatasetError, model.SettingsError, hardware.HardwareError) as e:
+    except (data.DatasetError, rundir.SettingsError, hardware.HardwareError) as e:
         print('evaluate.py: error: %s' % e, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

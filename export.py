@@ -30,6 +30,7 @@ import tf_slim as slim
 import cli
 import data
 import model
+import rundir
 
 BYTES_SIGNATURE = 'serving_default'
 PIXELS_SIGNATURE = 'pixels'
@@ -87,7 +88,7 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
     """Write the SavedModel of `checkpoint_dir`'s `which` checkpoint into `out_dir` (which must
     not exist yet); returns the checkpoint exported. A failed export leaves nothing behind."""
     check_target(out_dir)
-    settings, checkpoint = model.trained_model(checkpoint_dir, which, data.preprocessing_settings)
+    settings, checkpoint = rundir.trained_model(checkpoint_dir, which)
     staging = out_dir.rstrip('/') + '.partial'
     shutil.rmtree(staging, ignore_errors=True)  # an earlier export that was cut off
     config = hardware.session_config()  # before the graph: its device listing is the quiet one
@@ -96,13 +97,13 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
             signatures = build_signatures(settings, top_k)
             saver = tf.train.Saver(slim.get_model_variables())
             with tf.Session(graph=graph, config=config) as session:
-                model.restore(saver, session, checkpoint)
+                rundir.restore(saver, session, checkpoint)
                 builder = tf.saved_model.Builder(staging)
                 builder.add_meta_graph_and_variables(
                     session, [tf.saved_model.tag_constants.SERVING],
                     signature_def_map=signatures, strip_default_attrs=True)
                 builder.save()
-        model.save_settings(os.path.join(staging, EXTRA_DIR), settings)
+        rundir.save_settings(os.path.join(staging, EXTRA_DIR), settings)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(staging, out_dir)
@@ -114,15 +115,15 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
 def load_settings(saved_model_dir):
     """The settings record exported with a SavedModel (its preprocessing is in its graph, so
     any version of data.py can use it)."""
-    settings = model.load_settings(os.path.join(saved_model_dir, EXTRA_DIR))
+    settings = rundir.load_settings(os.path.join(saved_model_dir, EXTRA_DIR))
     if settings is None:
         versions = sorted(v for v in (os.listdir(saved_model_dir)
                                       if os.path.isdir(saved_model_dir) else ()) if v.isdigit())
         hint = ('; pass a version directory such as %s' % os.path.join(saved_model_dir,
                                                                        versions[-1])
                 if versions else '')
-        raise model.SettingsError('%s is not a SavedModel written by export.py (no %s/%s)%s'
-                                  % (saved_model_dir, EXTRA_DIR, model.SETTINGS_FILE, hint))
+        raise rundir.SettingsError('%s is not a SavedModel written by export.py (no %s/%s)%s'
+                                   % (saved_model_dir, EXTRA_DIR, rundir.SETTINGS_FILE, hint))
     return settings
 
 
@@ -130,7 +131,7 @@ def parse_args(argv=None):
     p = cli.ArgumentParser(description='Export a trained VGG19 as a SavedModel.')
     p.add_argument('out_dir', metavar='OUT_DIR',
                    help='a new directory, e.g. models/food/1 (TF Serving wants a version number)')
-    model.add_checkpoint_flags(p)
+    rundir.add_checkpoint_flags(p)
     p.add_argument('--top-k', type=int, default=5, help='how many classes the outputs rank')
     args = p.parse_args(argv)
     if args.top_k < 1:
@@ -144,7 +145,7 @@ def main(argv=None):
     tf.disable_eager_execution()
     try:
         checkpoint = export(args.checkpoint_dir, args.out_dir, args.checkpoint, args.top_k)
-    except (ExportError, model.SettingsError) as e:
+    except (ExportError, rundir.SettingsError) as e:
         print('export.py: error: %s' % e, file=sys.stderr)
         return 2
     except (OSError, tf.errors.OpError) as e:

@@ -24,6 +24,7 @@ import cli
 import data
 import export
 import model
+import rundir
 
 READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -32,7 +33,7 @@ def parse_args(argv=None):
     p = cli.ArgumentParser(description='Predict the classes of images with a trained VGG19.')
     p.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
                    help='image files, or directories whose images are all predicted')
-    model.add_checkpoint_flags(p)
+    rundir.add_checkpoint_flags(p)
     p.add_argument('--saved-model', metavar='DIR',
                    help='predict with a SavedModel from export.py instead of a checkpoint')
     p.add_argument('--top-k', type=int, default=5, help='how many classes to print per image')
@@ -45,7 +46,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         p.error('--top-k and --batch-size must be at least 1')
-    if args.saved_model and (args.checkpoint_dir != model.DEFAULT_CHECKPOINT_DIR or
+    if args.saved_model and (args.checkpoint_dir != rundir.DEFAULT_CHECKPOINT_DIR or
                              args.checkpoint != 'latest'):
         p.error('--saved-model replaces --checkpoint-dir and --checkpoint: give one or the other')
     return args
@@ -107,8 +108,7 @@ class Predictor:
     """A checkpoint directory loaded once: preprocess images, then predict them in batches."""
 
     def __init__(self, checkpoint_dir, checkpoint='latest', precision='fp32', xla=False):
-        settings, checkpoint = model.trained_model(checkpoint_dir, checkpoint,
-                                                   data.preprocessing_settings)
+        settings, checkpoint = rundir.trained_model(checkpoint_dir, checkpoint)
         self.settings, self.checkpoint = settings, checkpoint
         size = settings['image_size']
         graph = tf.Graph()
@@ -124,7 +124,7 @@ class Predictor:
             # through the session all the same.
             self._session = tf.Session(graph=graph,
                                        config=hardware.session_config(precision, xla))
-            model.restore(saver, self._session, checkpoint)
+            rundir.restore(saver, self._session, checkpoint)
 
     def preprocess(self, image):
         """RGB uint8 [h, w, 3] -> the network input, exactly as validation makes it."""
@@ -147,11 +147,11 @@ class SavedModelPredictor:
                 meta_graph = tf.saved_model.loader.load(
                     self._session, [tf.saved_model.tag_constants.SERVING], saved_model_dir)
         except (tf.errors.OpError, RuntimeError, OSError, ValueError) as e:
-            raise model.SettingsError('cannot load SavedModel %s: %s'
-                                      % (saved_model_dir, str(e).splitlines()[0][:200]))
+            raise rundir.SettingsError('cannot load SavedModel %s: %s'
+                                       % (saved_model_dir, str(e).splitlines()[0][:200]))
         if export.PIXELS_SIGNATURE not in meta_graph.signature_def:
-            raise model.SettingsError('SavedModel %s has no %r signature: export it again with '
-                                      'export.py' % (saved_model_dir, export.PIXELS_SIGNATURE))
+            raise rundir.SettingsError('SavedModel %s has no %r signature: export it again with '
+                                       'export.py' % (saved_model_dir, export.PIXELS_SIGNATURE))
         signature = meta_graph.signature_def[export.PIXELS_SIGNATURE]
         self._pixels = signature.inputs['pixels'].name
         self._probabilities = signature.outputs['probabilities'].name
@@ -229,7 +229,7 @@ def main(argv=None):
         predictor = (SavedModelPredictor(args.saved_model, precision, args.xla)
                      if args.saved_model else
                      Predictor(args.checkpoint_dir, args.checkpoint, precision, args.xla))
-    except (model.SettingsError, hardware.HardwareError) as e:
+    except (rundir.SettingsError, hardware.HardwareError) as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2
     return 1 if predict(predictor, paths, args) else 0

@@ -8,11 +8,8 @@ vgg_19/fc8/biases), so it restores as it is; the fully connected layers are conv
 turns Keras' VGG19 ImageNet weights into such a checkpoint, for train.py --pretrained.
 """
 import contextlib
-import json
 import logging
 import os
-import re
-import shutil
 import sys
 import warnings
 
@@ -185,6 +182,17 @@ def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scop
         return slim.utils.collect_named_outputs(outputs_collection, sc.name, net)
 
 
+def classifier(images, settings, is_training, reuse=None, weight_decay=WEIGHT_DECAY,
+               init='xavier', **kwargs):
+    """vgg_19 on `images` for the classes and architecture that `settings` records, under
+    vgg_arg_scope(weight_decay, init), so the weight decay is never forgotten (`init`: the
+    initial weights of what --pretrained does not restore)."""
+    with slim.arg_scope(vgg_arg_scope(weight_decay, init)):
+        return vgg_19(images, num_classes=len(settings['class_ids']), is_training=is_training,
+                      reuse=reuse, fc_conv_padding=settings['fc_conv_padding'],
+                      global_pool=settings['global_pool'], **kwargs)
+
+
 class CheckpointError(ValueError):
     """A pretrained checkpoint that is missing, damaged, or does not fit the model."""
 
@@ -284,178 +292,7 @@ def initialized_elsewhere(restored):
 
 
 # ---------------------------------------------------------------------------------------------
-# The settings record: what a checkpoint directory needs to be used, written once by training.
-
-SETTINGS_FILE = 'settings.json'
-
-
-class SettingsError(ValueError):
-    """A checkpoint directory without usable settings, or settings that do not fit the run."""
-
-
-def save_settings(checkpoint_dir, settings):
-    """Write `settings` (a JSON-able dict) beside the checkpoints, atomically."""
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    path = os.path.join(checkpoint_dir, SETTINGS_FILE)
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        json.dump(settings, f, indent=1, ensure_ascii=False)
-    os.replace(path + '.tmp', path)
-
-
-def load_settings(checkpoint_dir, preprocessing=None):
-    """The settings training wrote into `checkpoint_dir`, or None when it has none yet.
-
-    `preprocessing`: a function of the image size giving the preprocessing this code applies
-    (data.preprocessing_settings); a model trained with other preprocessing is then refused.
-    """
-    path = os.path.join(checkpoint_dir, SETTINGS_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding='utf-8') as f:
-            settings = json.load(f)
-        missing = [k for k in ('class_ids', 'class_names', 'image_size', 'fc_conv_padding',
-                               'global_pool', 'preprocessing') if k not in settings]
-    except (ValueError, OSError) as e:
-        raise SettingsError('%s is not a readable settings file (%s)' % (path, e))
-    if missing:
-        raise SettingsError('%s lacks %s' % (path, ', '.join(missing)))
-    if preprocessing and settings['preprocessing'] != preprocessing(settings['image_size']):
-        raise SettingsError('%s was trained with other preprocessing than this version of '
-                            'data.py applies' % checkpoint_dir)
-    return settings
-
-
-def classifier(images, settings, is_training, reuse=None, weight_decay=WEIGHT_DECAY,
-               init='xavier', **kwargs):
-    """vgg_19 on `images` for the classes and architecture that `settings` records, under
-    vgg_arg_scope(weight_decay, init), so the weight decay is never forgotten (`init`: the
-    initial weights of what --pretrained does not restore)."""
-    with slim.arg_scope(vgg_arg_scope(weight_decay, init)):
-        return vgg_19(images, num_classes=len(settings['class_ids']), is_training=is_training,
-                      reuse=reuse, fc_conv_padding=settings['fc_conv_padding'],
-                      global_pool=settings['global_pool'], **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Which checkpoint of a directory: the newest, or the best one that validation kept.
-
-BEST_DIR = 'best'  # <checkpoint-dir>/best: the weights with the best validation accuracy
-BEST_FILE = 'best.json'  # beside them: their step and accuracy
-
-
-def best_saver(checkpoint_dir, var_list):
-    """A Saver for <checkpoint_dir>/best that keeps one checkpoint: it knows the one already
-    there, so the next best replaces it, in this run as after a restart."""
-    saver = tf.train.Saver(var_list, max_to_keep=1, save_relative_paths=True)
-    state = tf.train.get_checkpoint_state(os.path.join(checkpoint_dir, BEST_DIR))
-    if state:
-        saver.recover_last_checkpoints(state.all_model_checkpoint_paths)
-    return saver
-
-
-def save_best(session, saver, checkpoint_dir, record):
-    """Save the model with `saver` (from best_saver) into <checkpoint_dir>/best, replacing the
-    previous best, and write `record` (step, accuracy, ...) beside it.
-
-    When the newest checkpoint is of this very step (the end of a run, mostly), its files are
-    linked into best/ instead: no second copy of 559 MB on disk, and 1.5 s less on 2 cores.
-    """
-    best_dir = os.path.join(checkpoint_dir, BEST_DIR)
-    path = os.path.join(best_dir, '%s-%d' % (CHECKPOINT_PREFIX, record['step']))
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if not (latest and latest.endswith('-%d' % record['step']) and _linked(latest, path)):
-        path = saver.save(session, os.path.join(best_dir, CHECKPOINT_PREFIX), record['step'],
-                          write_meta_graph=False)
-    else:  # what saver.save does after writing: the state file, then the old best removed
-        previous = [p for p in saver.last_checkpoints if p != path]
-        tf.train.update_checkpoint_state(best_dir, os.path.basename(path),
-                                         [os.path.basename(path)])
-        saver.recover_last_checkpoints([path])
-        for old in previous:
-            tf.train.remove_checkpoint(old)
-    write_best_record(checkpoint_dir, dict(record, checkpoint=os.path.basename(path)))
-    return path
-
-
-def _linked(prefix, path):
-    """Hard-link checkpoint `prefix`'s files as checkpoint `path`; False where the file system
-    cannot (another device, no hard links), with nothing left behind."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    done = []
-    try:
-        for name in [prefix + '.index'] + tf.io.gfile.glob(prefix + '.data-*'):
-            target = path + name[len(prefix):]
-            os.link(name, target + '.tmp')
-            done.append(target + '.tmp')
-        for temporary in done:
-            os.replace(temporary, temporary[:-len('.tmp')])
-        return True
-    except OSError:
-        for temporary in done:
-            os.remove(temporary)
-        return False
-
-
-def write_best_record(checkpoint_dir, record):
-    """Write <checkpoint_dir>/best/best.json atomically."""
-    path = os.path.join(checkpoint_dir, BEST_DIR, BEST_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + '.tmp', path)
-
-
-def load_best(checkpoint_dir):
-    """The record of the best checkpoint in `checkpoint_dir` ({step, accuracy, ...}), or None."""
-    path = os.path.join(checkpoint_dir, BEST_DIR, BEST_FILE)
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None  # no validation yet, or a damaged record: the next validation writes one
-    if not isinstance(record, dict) or not {'step', 'accuracy'} <= set(record):
-        return None
-    # A kill between the weights and the record leaves a record of weights that are gone: it
-    # describes nothing there, and the next validation writes both again.
-    weights = tf.train.latest_checkpoint(os.path.dirname(path))
-    if 'checkpoint' in record and (weights is None
-                                   or os.path.basename(weights) != record['checkpoint']):
-        return None
-    return record
-
-
-def trained_model(checkpoint_dir, which='latest', preprocessing=None):
-    """(settings, checkpoint prefix) of a trained model in `checkpoint_dir`, for evaluation and
-    inference; `which` and `preprocessing` as in find_checkpoint and load_settings."""
-    settings = load_settings(checkpoint_dir, preprocessing)
-    if settings is None:
-        raise SettingsError('%s holds no trained model (no settings.json): train one with '
-                            'train.py --checkpoint-dir %s' % (checkpoint_dir, checkpoint_dir))
-    checkpoint = find_checkpoint(checkpoint_dir, which)
-    if which not in ('latest', 'best'):  # a path of the user's, checked before any graph
-        problem = checkpoint_problem(checkpoint, vgg19_variables(len(settings['class_ids'])))
-        if problem:
-            raise SettingsError('--checkpoint %s %s; pass a checkpoint that train.py wrote for '
-                                'the model in %s, or --checkpoint latest or best'
-                                % (checkpoint, problem[1], checkpoint_dir))
-    return settings, checkpoint
-
-
-def restore(saver, session, checkpoint):
-    """saver.restore, with a checkpoint that does not fit the model (or is damaged) turned into
-    a SettingsError naming it."""
-    try:
-        saver.restore(session, checkpoint)
-    except (tf.errors.OpError, ValueError) as e:
-        raise SettingsError('cannot restore %s: %s' % (checkpoint, str(e).splitlines()[0][:200]))
-
-
-# ---------------------------------------------------------------------------------------------
-# What a kill, a full disk or a hand edit can leave in a checkpoint directory, found at start-up.
-
-CHECKPOINT_PREFIX = 'model.ckpt'  # what train.py saves: model.ckpt-<step>.{index,data-*}
-
+# Whether a checkpoint file is one, and reads back whole: a download, a conversion, a kill.
 
 def checkpoint_problem(prefix, expected=None, any_float=False, values=None):
     """Why checkpoint `prefix` cannot be used, or None: (kind, what is wrong).
@@ -513,115 +350,6 @@ def file_kind(prefix):
         if any(head[offset:offset + len(magic)] == magic for offset, magic in magics):
             return kind
     return None
-
-
-def checkpoints_on_disk(checkpoint_dir):
-    """{step: prefix} of the model.ckpt-<step> checkpoints whose index file exists."""
-    found = {}
-    for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []:
-        match = re.fullmatch(re.escape(CHECKPOINT_PREFIX) + r'-(\d+)\.index', name)
-        if match:
-            found[int(match.group(1))] = os.path.join(checkpoint_dir, name[:-len('.index')])
-    return found
-
-
-def _state_file_problem(checkpoint_dir):
-    """(the prefix the `checkpoint` state file names or None, what is wrong with it or None)."""
-    path = os.path.join(checkpoint_dir, 'checkpoint')
-    if not os.path.exists(path):
-        return None, None
-    try:
-        state = tf.train.get_checkpoint_state(checkpoint_dir)
-    except (tf.errors.OpError, ValueError) as e:  # an empty file is a ValueError
-        return None, 'the state file %s is unreadable (%s)' % (path, str(e).splitlines()[0])
-    if state is None:  # TensorFlow swallows a parse error and would start from scratch
-        return None, 'the state file %s is not a checkpoint state' % path
-    named = state.model_checkpoint_path
-    if not os.path.isfile(named + '.index'):
-        return None, 'the state file %s names %s, which does not exist' % (path, named)
-    return named, None
-
-
-def recover_checkpoints(checkpoint_dir):
-    """The newest checkpoint of `checkpoint_dir` that can be resumed from, or None when it
-    holds none; (prefix, [what was wrong]). Repairs what a kill or a hand edit left behind.
-
-    Leftover temporary files of an interrupted save are removed; a damaged state file, or one
-    naming a checkpoint that is gone or damaged, is rewritten (atomically) to name the newest
-    checkpoint that reads back whole and finite; newer damaged checkpoints are set aside as
-    *.damaged. When checkpoints exist and none of them is usable, CheckpointError: starting
-    again from scratch is the user's decision, never a silent one.
-    """
-    problems = []
-    for name in sorted(os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []):
-        path = os.path.join(checkpoint_dir, name)
-        if '.tempstate' in name or (name.startswith(CHECKPOINT_PREFIX + '-')
-                                    and name.endswith('_temp') and os.path.isdir(path)):
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-            problems.append('removed %s, left by an interrupted save' % name)
-    named, state_problem = _state_file_problem(checkpoint_dir)
-    if state_problem:
-        problems.append(state_problem)
-    found = checkpoints_on_disk(checkpoint_dir)
-    damaged, chosen = [], None
-    for step in sorted(found, reverse=True):
-        why = checkpoint_problem(found[step])
-        if why is None:
-            chosen = step
-            break
-        damaged.append(found[step])
-        problems.append('%s cannot be restored: it %s' % (found[step], why[1]))
-    if found and chosen is None:
-        raise CheckpointError(
-            'no checkpoint in %s can be restored (%s): move them aside, or use a new '
-            '--checkpoint-dir, to start again' % (checkpoint_dir, '; '.join(problems)[:400]))
-    for prefix in damaged:
-        for path in [p for p in tf.io.gfile.glob(prefix + '.*') if not p.endswith('.damaged')]:
-            os.replace(path, path + '.damaged')
-    if chosen is None:
-        return None, problems
-    if named is None and not state_problem:
-        problems.append('no state file names the checkpoints')
-    if named is None or os.path.abspath(named) != os.path.abspath(found[chosen]):
-        # Absolute paths, as the Saver writes them; the older ones stay in its keep count.
-        tf.train.update_checkpoint_state(
-            checkpoint_dir, os.path.abspath(found[chosen]),
-            [os.path.abspath(found[s]) for s in sorted(found) if s <= chosen])
-        problems.append('the state file now names %s' % os.path.basename(found[chosen]))
-    return found[chosen], problems
-
-
-DEFAULT_CHECKPOINT_DIR = 'checkpoints/vgg19_food'
-
-
-def add_checkpoint_flags(parser):
-    """--checkpoint-dir and --checkpoint (for find_checkpoint), as the tools that use a trained
-    model take them."""
-    parser.add_argument('--checkpoint-dir', default=DEFAULT_CHECKPOINT_DIR,
-                        help='what train.py wrote: checkpoints and settings.json')
-    parser.add_argument('--checkpoint', default='latest',
-                        help="'latest', 'best' (the best validation accuracy), or a checkpoint "
-                             "path")
-
-
-def find_checkpoint(checkpoint_dir, which='latest'):
-    """The checkpoint prefix that `which` names: 'latest' or 'best' of `checkpoint_dir`, or a
-    checkpoint path; raises SettingsError saying what to do when there is none."""
-    if which == 'latest':
-        path = tf.train.latest_checkpoint(checkpoint_dir)
-        hint = 'train one with train.py --checkpoint-dir %s' % checkpoint_dir
-    elif which == 'best':
-        path = tf.train.latest_checkpoint(os.path.join(checkpoint_dir, BEST_DIR))
-        hint = ('validation keeps one there; use --checkpoint latest, or train with '
-                '--validate-every N')
-    else:
-        path = checkpoint_file(which)
-        hint = 'pass latest, best, or the prefix of a model.ckpt-N checkpoint'
-    if path is None:
-        where = ('%s checkpoint in %s' % (which, checkpoint_dir) if which in ('latest', 'best')
-                 else 'checkpoint %s' % which)
-        raise SettingsError('no %s: %s' % (where, hint))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import data
 import evaluate
 import features
 import model
+import rundir
 import parallel
 
 log = logging.getLogger('train')
@@ -71,7 +72,7 @@ def parse_args(argv=None):
                    help='dataset root: Food-101 layout or one folder per class')
     p.add_argument('--pretrained', default='data/vgg_19.ckpt',
                    help="TF-slim VGG19 checkpoint to start from, or 'none' to train from scratch")
-    p.add_argument('--checkpoint-dir', default=model.DEFAULT_CHECKPOINT_DIR,
+    p.add_argument('--checkpoint-dir', default=rundir.DEFAULT_CHECKPOINT_DIR,
                    help='where checkpoints, TensorBoard events and settings.json go')
     p.add_argument('--exclude-scopes', default=model.HEAD_SCOPE,
                    help='comma-separated variable scopes not restored from --pretrained')
@@ -346,14 +347,10 @@ def check_inputs(args):
 
 def run_settings(args, dataset, previous):
     """The settings record of this run; a resumed run must match the one it continues."""
-    padding, global_pool = model.fc_options(args.image_size)
-    settings = {'class_ids': dataset.class_ids, 'class_names': dataset.class_names,
-                'image_size': args.image_size, 'fc_conv_padding': padding,
-                'global_pool': global_pool,
-                'preprocessing': data.preprocessing_settings(args.image_size),
-                'dataset': os.path.abspath(args.dataset), 'layout': dataset.layout,
-                'val_fraction': args.val_fraction, 'seed': args.seed,
-                'head_steps': args.head_steps}
+    settings = dict(rundir.model_settings(dataset.class_ids, dataset.class_names,
+                                          args.image_size),
+                    dataset=os.path.abspath(args.dataset), layout=dataset.layout,
+                    val_fraction=args.val_fraction, seed=args.seed, head_steps=args.head_steps)
     if previous is not None:
         # The architecture follows from the image size, so comparing that covers it. The layout
         # names a generated split's share and seed: another split would validate on images
@@ -362,7 +359,7 @@ def run_settings(args, dataset, previous):
                           ('preprocessing', 'preprocessing'), ('layout', 'split'),
                           ('head_steps', '--head-steps')):
             if previous.get(key, settings[key]) != settings[key]:
-                raise model.SettingsError(
+                raise rundir.SettingsError(
                     '%s holds a model trained with other %s (%s) than this run (%s): use a new '
                     '--checkpoint-dir' % (args.checkpoint_dir, what, _short(previous[key]),
                                           _short(settings[key])))
@@ -529,16 +526,16 @@ class ValidationHook(tf.train.SessionRunHook):
                 [('accuracy_top5', accuracy5)] if top5 else [])]), step)
         writer.flush()
         self._done_at = step
-        best = model.load_best(self._dir)
+        best = rundir.load_best(self._dir)
         if best is None or accuracy > best['accuracy']:
-            model.save_best(session, self._best_saver, self._dir,
-                            {'step': step, 'accuracy': accuracy, 'accuracy_top5': accuracy5})
+            rundir.save_best(session, self._best_saver, self._dir,
+                             {'step': step, 'accuracy': accuracy, 'accuracy_top5': accuracy5})
             log.info('best accuracy so far: weights kept in %s',
-                     os.path.join(self._dir, model.BEST_DIR))
+                     os.path.join(self._dir, rundir.BEST_DIR))
             return False
         # The validations since the best, by step: a step redone after a restart counts once.
         since = sorted({s for s in best.get('validated_since', []) + [step] if s > best['step']})
-        model.write_best_record(self._dir, dict(best, validated_since=since))
+        rundir.write_best_record(self._dir, dict(best, validated_since=since))
         if self._patience and len(since) >= self._patience:
             log.info('early stopping: no better accuracy in %d validations since step %d (%.4f)',
                      len(since), best['step'], best['accuracy'])
@@ -614,8 +611,8 @@ class NanGuardHook(tf.train.SessionRunHook):
 
 
 def recover(checkpoint_dir):
-    """The checkpoint to resume from (model.recover_checkpoints), each repair logged."""
-    latest, problems = model.recover_checkpoints(checkpoint_dir)
+    """The checkpoint to resume from (rundir.recover_checkpoints), each repair logged."""
+    latest, problems = rundir.recover_checkpoints(checkpoint_dir)
     for problem in problems:
         log.warning('checkpoint start-up check: %s', problem)
     return latest
@@ -660,12 +657,12 @@ def _train(args, extra_hooks):
     # The image check's cache is the chief's to write; the other workers reuse it when it
     # describes their copy of the dataset, and check that themselves otherwise.
     dataset = data.drop_unreadable(
-        dataset, cache_file=os.path.join(args.checkpoint_dir, 'unreadable.json'),
+        dataset, cache_file=os.path.join(args.checkpoint_dir, rundir.UNREADABLE_FILE),
         max_share=args.max_unreadable, write_cache=chief,
         resize_side=data.resize_side_range(args.image_size)[0])  # validation's resize
     data.check_classes(dataset)
     # Settings left by a run that never saved a checkpoint describe no model: replace them.
-    previous = model.load_settings(args.checkpoint_dir) if latest else None
+    previous = rundir.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)
     num_classes = len(dataset.class_ids)
     num_train, num_val = len(dataset.train.paths), len(dataset.validation.paths)
@@ -677,7 +674,7 @@ def _train(args, extra_hooks):
         args.task) if args.sync_replicas else 1)
     last_step = settings['plan']['last_step']
     if chief:
-        model.save_settings(args.checkpoint_dir, settings)
+        rundir.save_settings(args.checkpoint_dir, settings)
     step_images = args.batch_size * settings['plan']['workers']
     log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
              args.dataset, dataset.layout, num_classes, num_train, num_val, last_step,
@@ -781,13 +778,13 @@ def _train(args, extra_hooks):
         stage_metrics = metrics[reads_cache[stage]]
         updates.append((train_ops[stage], update, var_list, stage_metrics['total_loss']))
         scalars.append((train_ops[stage], dict(stage_metrics, learning_rate=learning_rate)))
-    best_dir = os.path.join(args.checkpoint_dir, model.BEST_DIR)
+    best_dir = os.path.join(args.checkpoint_dir, rundir.BEST_DIR)
     if chief and not latest and os.path.isdir(best_dir):
         # The best of a model whose checkpoints are gone is not this run's: keep it aside.
         shutil.rmtree(best_dir + '.previous', ignore_errors=True)
         os.replace(best_dir, best_dir + '.previous')
         log.warning('%s belonged to an earlier model: moved to %s.previous', best_dir, best_dir)
-    best_saver = model.best_saver(args.checkpoint_dir, slim.get_model_variables() + [global_step])
+    best_saver = rundir.best_saver(args.checkpoint_dir, slim.get_model_variables() + [global_step])
 
     # Session: the pretrained restore runs only when the directory holds no checkpoint yet
     if not chief:
@@ -841,7 +838,7 @@ def _train(args, extra_hooks):
             chief_only_hooks=chief_hooks, save_summaries_steps=None,  # SummaryHook's
             save_checkpoint_secs=None, save_checkpoint_steps=None, log_step_count_steps=0)
     except tf.errors.NotFoundError as e:
-        raise model.SettingsError(
+        raise rundir.SettingsError(
             '%s does not hold what this run needs (%s): it was saved with another --optimizer, '
             '--trainable-scopes or --head-steps; resume with those, or use a new '
             '--checkpoint-dir' % (latest, e.message.splitlines()[0][:200]))
@@ -868,7 +865,7 @@ def _train(args, extra_hooks):
                 raise
             # Keep the steps since the last periodic checkpoint: save now, outside the hooks.
             path = session.run_step_fn(lambda step_context: scaffold.saver.save(
-                step_context.session, os.path.join(args.checkpoint_dir, 'model.ckpt'),
+                step_context.session, os.path.join(args.checkpoint_dir, rundir.CHECKPOINT_PREFIX),
                 global_step=global_step))
             log.info('saved %s', path)
             raise
@@ -920,7 +917,7 @@ def main(argv=None):
             return 0
         with tf.Graph().as_default():
             train(args)
-    except (data.DatasetError, model.CheckpointError, model.SettingsError,
+    except (data.DatasetError, model.CheckpointError, rundir.SettingsError,
             hardware.HardwareError, parallel.ClusterError, features.CacheError) as e:
         print('train.py: error: %s' % e, file=sys.stderr)
         return 2

@@ -12,9 +12,9 @@ import tensorflow.compat.v1 as tf
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import data  # noqa: E402
 import demo  # noqa: E402
 import model  # noqa: E402
+import rundir  # noqa: E402
 
 tf.disable_eager_execution()
 
@@ -38,10 +38,7 @@ def photo_dataset(tmp_path_factory):
 
 def model_settings(class_ids, image_size=32):
     """The settings record train.py writes for a model of these classes and image size."""
-    padding, global_pool = model.fc_options(image_size)
-    return {'class_ids': list(class_ids), 'class_names': [c.title() for c in class_ids],
-            'image_size': image_size, 'fc_conv_padding': padding, 'global_pool': global_pool,
-            'preprocessing': data.preprocessing_settings(image_size)}
+    return rundir.model_settings(class_ids, [c.title() for c in class_ids], image_size)
 
 
 def make_checkpoint_dir(directory, class_ids, image_size=32):
@@ -53,8 +50,9 @@ def make_checkpoint_dir(directory, class_ids, image_size=32):
         global_step = tf.train.get_or_create_global_step()
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
-            tf.train.Saver().save(session, os.path.join(directory, 'model.ckpt'), global_step)
-    model.save_settings(directory, settings)
+            tf.train.Saver().save(session, os.path.join(directory, rundir.CHECKPOINT_PREFIX),
+                                  global_step)
+    rundir.save_settings(directory, settings)
     return settings
 
 

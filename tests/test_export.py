@@ -10,7 +10,7 @@ import pytest
 
 import export
 import inference
-import model
+import rundir
 from conftest import PHOTOS, ROOT, make_checkpoint_dir, random_image
 from test_inference import _image_files
 
@@ -41,7 +41,7 @@ def assert_same_probabilities(ours, expected):
 @pytest.fixture(scope='module')
 def saved_model(checkpoint_dir, tmp_path_factory):
     directory = str(tmp_path_factory.mktemp('export') / '1')
-    assert export.export(checkpoint_dir, directory) == model.find_checkpoint(checkpoint_dir)
+    assert export.export(checkpoint_dir, directory) == rundir.find_checkpoint(checkpoint_dir)
     return directory
 
 
@@ -108,12 +108,12 @@ def test_export_refuses_a_used_directory_and_a_missing_model(tmp_path, checkpoin
         export.export(checkpoint_dir, str(used / 'saved_model.pb' / '2'))
     with pytest.raises(export.ExportError, match='not a directory to export into'):
         export.export(checkpoint_dir, '')
-    with pytest.raises(model.SettingsError, match='holds no trained model'):
+    with pytest.raises(rundir.SettingsError, match='holds no trained model'):
         export.export(str(tmp_path / 'nothing'), str(tmp_path / 'models' / '2'))
     assert sorted(os.listdir(tmp_path / 'models')) == ['1']
-    with pytest.raises(model.SettingsError, match='not a SavedModel written by export.py'):
+    with pytest.raises(rundir.SettingsError, match='not a SavedModel written by export.py'):
         export.load_settings(str(used))
-    with pytest.raises(model.SettingsError, match='pass a version directory such as .*1$'):
+    with pytest.raises(rundir.SettingsError, match='pass a version directory such as .*1$'):
         export.load_settings(str(tmp_path / 'models'))
 
 
@@ -135,10 +135,10 @@ def test_export_cli_errors_are_one_line(tmp_path, checkpoint_dir, target):
 def test_a_damaged_saved_model_is_a_settings_error(tmp_path, saved_model):
     damaged = tmp_path / 'damaged'
     shutil.copytree(os.path.join(saved_model, export.EXTRA_DIR), damaged / export.EXTRA_DIR)
-    with pytest.raises(model.SettingsError, match='SavedModel file does not exist'):
+    with pytest.raises(rundir.SettingsError, match='SavedModel file does not exist'):
         inference.SavedModelPredictor(str(damaged))
     shutil.copy(os.path.join(saved_model, 'saved_model.pb'), damaged)  # without its variables
-    with pytest.raises(model.SettingsError, match='cannot load SavedModel'):
+    with pytest.raises(rundir.SettingsError, match='cannot load SavedModel'):
         inference.SavedModelPredictor(str(damaged))
 
 

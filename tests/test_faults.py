@@ -24,6 +24,7 @@ import evaluate
 import export
 import inference
 import model
+import rundir
 import tiny_train
 import train
 from conftest import (BROKEN_PRETRAINED, CONV1, EXCEPT_CONV1_1, PHOTOS, ROOT, conv1_values,
@@ -76,7 +77,7 @@ def test_damaged_state_leads_to_the_newest_checkpoint_that_restores(tmp_path, da
     directory = str(tmp_path)
     _save_steps(directory, [1, 2, 3])
     damage(directory)
-    chosen, problems = model.recover_checkpoints(directory)
+    chosen, problems = rundir.recover_checkpoints(directory)
     assert chosen == os.path.join(directory, 'model.ckpt-%d' % expected)
     assert any(problem in p for p in problems), problems
     assert 'the state file now names model.ckpt-%d' % expected in problems[-1]
@@ -89,12 +90,12 @@ def test_damaged_state_leads_to_the_newest_checkpoint_that_restores(tmp_path, da
         assert [n for n in os.listdir(directory) if n.startswith('model.ckpt-3.')
                 and n.endswith('.damaged')]
     # Repaired: the next start finds nothing wrong.
-    assert model.recover_checkpoints(directory) == (chosen, [])
+    assert rundir.recover_checkpoints(directory) == (chosen, [])
 
 
 def test_a_checkpoint_with_nan_is_never_resumed_from(tmp_path):
     _save_steps(str(tmp_path), [1, 2], poison=2)
-    chosen, problems = model.recover_checkpoints(str(tmp_path))
+    chosen, problems = rundir.recover_checkpoints(str(tmp_path))
     assert chosen.endswith('model.ckpt-1') and 'NaN or infinite values in weights' in problems[0]
 
 
@@ -104,7 +105,7 @@ def test_leftovers_of_an_interrupted_save_are_removed(tmp_path):
     os.makedirs(os.path.join(directory, 'model.ckpt-2_temp'))
     open(os.path.join(directory, 'model.ckpt-2_temp', 'part-00000-of-00001.index'), 'w').close()
     open(os.path.join(directory, 'checkpoint.tempstate123'), 'w').close()
-    chosen, problems = model.recover_checkpoints(directory)
+    chosen, problems = rundir.recover_checkpoints(directory)
     assert chosen.endswith('model.ckpt-1') and len(problems) == 2
     assert sorted(os.listdir(directory)) == ['checkpoint', 'model.ckpt-1.data-00000-of-00001',
                                              'model.ckpt-1.index', 'model.ckpt-1.meta']
@@ -115,26 +116,26 @@ def test_a_directory_whose_checkpoints_are_all_damaged_is_an_error(tmp_path):
     _save_steps(directory, [1])
     _truncate(os.path.join(directory, 'model.ckpt-1.index'))
     with pytest.raises(model.CheckpointError, match='no checkpoint in .* can be restored'):
-        model.recover_checkpoints(directory)
+        rundir.recover_checkpoints(directory)
     assert os.path.exists(os.path.join(directory, 'model.ckpt-1.index'))  # left as it was
-    assert model.recover_checkpoints(str(tmp_path / 'new')) == (None, [])
+    assert rundir.recover_checkpoints(str(tmp_path / 'new')) == (None, [])
 
 
 def test_best_record_describes_the_weights_beside_it_or_nothing(tmp_path):
     directory = str(tmp_path)
     with tf.Graph().as_default():
         tf.Variable(1.0, name='w')
-        saver = model.best_saver(directory, tf.global_variables())
+        saver = rundir.best_saver(directory, tf.global_variables())
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
-            model.save_best(session, saver, directory, {'step': 5, 'accuracy': 0.5})
-            assert model.load_best(directory)['checkpoint'] == 'model.ckpt-5'
+            rundir.save_best(session, saver, directory, {'step': 5, 'accuracy': 0.5})
+            assert rundir.load_best(directory)['checkpoint'] == 'model.ckpt-5'
             # Killed after the weights of step 9 were saved, before their record was written:
-            saver.save(session, os.path.join(directory, model.BEST_DIR, 'model.ckpt'), 9,
+            saver.save(session, os.path.join(directory, rundir.BEST_DIR, 'model.ckpt'), 9,
                        write_meta_graph=False)
-            assert model.load_best(directory) is None
-            model.save_best(session, saver, directory, {'step': 9, 'accuracy': 0.25})
-            assert model.load_best(directory)['accuracy'] == 0.25
+            assert rundir.load_best(directory) is None
+            rundir.save_best(session, saver, directory, {'step': 9, 'accuracy': 0.25})
+            assert rundir.load_best(directory)['accuracy'] == 0.25
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def test_kill_9_at_random_moments_and_during_saves_then_resume_to_the_planned_en
             assert 'is not a checkpoint state' in text
         if attempt and moments[attempt - 1] is saving:  # what the killed save left is gone
             assert re.search(r'removed model\.ckpt-\d+_temp, left by an interrupted save', text)
-        with open(os.path.join(out, model.SETTINGS_FILE)) as f:
+        with open(os.path.join(out, rundir.SETTINGS_FILE)) as f:
             plans.append(json.load(f)['plan']['last_step'])
     with capsys.disabled():
         print('resumed at steps', resumes)
@@ -561,7 +562,7 @@ BROKEN_PATHS = {'vgg16': 'has no variable vgg_19/conv1/conv1_1/weights',
 def test_a_broken_checkpoint_path_is_one_line_before_any_graph(tmp_path, monkeypatch, capsys,
                                                                tool, case):
     directory = str(tmp_path / 'run')
-    model.save_settings(directory, model_settings(PHOTOS))
+    rundir.save_settings(directory, model_settings(PHOTOS))
     path = BROKEN_PRETRAINED[case][0](tmp_path)
     # conv1_1 stands in for the whole network, so that a truncated file of the right variables
     # is what the check meets.
@@ -583,5 +584,5 @@ def test_a_broken_checkpoint_path_is_one_line_before_any_graph(tmp_path, monkeyp
 
 
 def test_a_checkpoint_path_of_the_model_is_taken(checkpoint_dir):
-    path = model.find_checkpoint(checkpoint_dir)
-    assert model.trained_model(checkpoint_dir, path)[1] == path
+    path = rundir.find_checkpoint(checkpoint_dir)
+    assert rundir.trained_model(checkpoint_dir, path)[1] == path

@@ -21,6 +21,7 @@ import demo
 import evaluate
 import inference
 import model
+import rundir
 import tiny_train
 import train
 from conftest import ROOT, random_image
@@ -173,7 +174,7 @@ def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog
     assert train.main(flags + ['--max-steps', '3']) == 0
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-3')
     assert 'starting from scratch' in caplog.text
-    settings = train.model.load_settings(out)
+    settings = rundir.load_settings(out)
     assert settings['class_ids'] == ['astronaut', 'camera', 'coffee']
     assert settings['image_size'] == 32 and settings['fc_conv_padding'] == 'SAME'
     tags = _events(out)
@@ -212,15 +213,15 @@ def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog
 @pytest.mark.slow
 def test_resume_with_other_settings_is_refused(photo_dataset, tmp_path, capsys):
     out = str(tmp_path / 'run')
-    train.model.save_settings(out, {'class_ids': ['x', 'y'], 'class_names': ['x', 'y'],
-                                    'image_size': 32, 'fc_conv_padding': 'SAME',
-                                    'global_pool': True, 'preprocessing': {}})
+    rundir.save_settings(out, {'class_ids': ['x', 'y'], 'class_names': ['x', 'y'],
+                               'image_size': 32, 'fc_conv_padding': 'SAME',
+                               'global_pool': True, 'preprocessing': {}})
     flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
              '--image-size', '32', '--batch-size', '4', '--max-steps', '1', '--validate-every', '0',
              '--trainable-scopes', 'vgg_19/fc8']
     # Settings without a checkpoint describe no model yet: a new run replaces them.
     assert train.main(flags) == 0
-    assert train.model.load_settings(out)['class_ids'] == ['astronaut', 'camera', 'coffee']
+    assert rundir.load_settings(out)['class_ids'] == ['astronaut', 'camera', 'coffee']
     assert train.main(flags + ['--image-size', '64']) == 2
     assert 'other image size (32)' in capsys.readouterr().err
     assert train.main(flags + ['--val-fraction', '0.5']) == 2
@@ -391,7 +392,7 @@ def test_best_checkpoint_and_evaluate_agree_with_validation(photo_dataset, tmp_p
     steps, values = evaluate.read_scalars(out, ['accuracy'])['accuracy']
     accuracy = dict(zip(steps, values))
     assert steps == [2, 4, 6]
-    best = train.model.load_best(out)
+    best = rundir.load_best(out)
     assert best['accuracy'] == pytest.approx(max(values))
     assert best['step'] == min(s for s in steps if accuracy[s] == max(values))
     capsys.readouterr()
@@ -429,7 +430,7 @@ def test_early_stopping_after_validations_without_progress(photo_dataset, tmp_pa
     assert train.main(flags) == 0
     assert 'early stopping: no better accuracy in 2 validations since step 1' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-3')
-    assert train.model.load_best(out)['step'] == 1
+    assert rundir.load_best(out)['step'] == 1
 
 
 def test_a_dataset_of_one_class_is_a_one_line_error(tmp_path, capsys):
@@ -636,7 +637,7 @@ def test_early_stopping_counts_the_validations_before_a_restart(tiny, tmp_path, 
              '--end-learning-rate', '1e-15', '--schedule', 'constant', '--validate-every', '1',
              '--early-stopping', '3'] + TINY
     assert train.main(flags + ['--max-steps', '2']) == 0  # the best at step 1, then one more
-    assert train.model.load_best(out)['step'] == 1
+    assert rundir.load_best(out)['step'] == 1
     assert train.main(flags + ['--max-steps', '20']) == 0  # two more, at steps 3 and 4
     assert 'early stopping: no better accuracy in 3 validations since step 1' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-4')
@@ -680,6 +681,6 @@ EVAL_GRAPH_SIZE = """if True:
     import data, evaluate, model
     tf.disable_eager_execution()
     evaluation = evaluate.build(data.load_dataset(sys.argv[1]).validation,
-                                model.load_settings(sys.argv[2]), batch_size=8)
+                                rundir.load_settings(sys.argv[2]), batch_size=8)
     print(tf.get_default_graph().as_graph_def().ByteSize())
 """
