@@ -4,11 +4,13 @@
     python train.py --demo               # the embedded default: no download needed
     tensorboard --logdir checkpoints/
 
-Reads top to bottom: settings, data, model, loss, optimizer, session loop. Checkpoints, event
-files and settings.json (classes, image size, preprocessing) land in --checkpoint-dir; running
-the same command again resumes from the newest checkpoint, in the stage and at the point of the
-learning-rate schedule where it stopped. The weights with the best validation accuracy are kept
-in --checkpoint-dir/best; curves.png (loss, learning rate, accuracy) is drawn when a run ends.
+Reads top to bottom: flags, schedules and the loss, the hooks, then the run in the order it
+happens (set_up_machine, open_run, build_input, build_towers, build_stages, build_hooks,
+open_session, and _train's loop). Checkpoints, event files and settings.json (classes, image
+size, preprocessing) land in --checkpoint-dir; running the same command again resumes from the
+newest checkpoint, in the stage and at the point of the learning-rate schedule where it stopped.
+The weights with the best validation accuracy are kept in --checkpoint-dir/best; curves.png
+(loss, learning rate, accuracy) is drawn when a run ends.
 """
 import contextlib
 import logging
@@ -19,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import types
 
 import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
@@ -137,7 +140,7 @@ def parse_args(argv=None):
                    help='compute the frozen layers below the first trainable one once per '
                         'image view and train the rest from the stored features; auto: when '
                         'the run reads at least --cache-views epochs (see features.py)')
-    p.add_argument('--cache-views', type=int, default=4,
+    p.add_argument('--cache-views', type=int, default=2,
                    help='augmented views of each training image in the feature cache')
     p.add_argument('--cache-dir', default='',
                    help='where feature caches live (default: feature-cache beside '
@@ -625,8 +628,9 @@ def train(args, extra_hooks=()):
         _train(args, extra_hooks)
 
 
-def _train(args, extra_hooks):
-    # Settings and data: the chief alone writes into --checkpoint-dir
+def set_up_machine(args):
+    """What this process trains on: whether it is the chief, its devices (one tower each), the
+    precision, the session configuration, and in a cluster its server."""
     chief = parallel.is_chief(args.task)
     gpus = hardware.gpu_capabilities()
     devices = parallel.tower_devices(args.num_gpus, args.devices, args.batch_size, len(gpus))
@@ -634,6 +638,15 @@ def _train(args, extra_hooks):
     config = parallel.session_config(args.task, devices,
                                      hardware.session_config(precision, args.xla))
     server = parallel.start_server(args.task, config) if args.task else None
+    return types.SimpleNamespace(chief=chief, devices=devices, precision=precision,
+                                 config=config, server=server)
+
+
+def open_run(args, machine):
+    """The run directory made ready, before any graph: the newest usable checkpoint (repaired
+    by the chief), the dataset with its unreadable images left out, the settings record and the
+    plan written, the pretrained checkpoint checked, a stale best/ set aside."""
+    chief = machine.chief
     if args.demo and not os.path.isdir(args.dataset):
         import demo
         log.info('making the demo dataset in %s, and sample images in %s-samples',
@@ -664,7 +677,6 @@ def _train(args, extra_hooks):
     # Settings left by a run that never saved a checkpoint describe no model: replace them.
     previous = rundir.load_settings(args.checkpoint_dir) if latest else None
     settings = run_settings(args, dataset, previous)
-    num_classes = len(dataset.class_ids)
     num_train, num_val = len(dataset.train.paths), len(dataset.validation.paths)
     if num_train < args.batch_size:
         raise data.DatasetError('--batch-size %d is larger than the %d training images of %s'
@@ -672,204 +684,259 @@ def _train(args, extra_hooks):
     # A synchronous step takes a batch from every worker: the same epochs in fewer steps.
     settings['plan'] = planned_steps(args, num_train, previous, parallel.num_trainers(
         args.task) if args.sync_replicas else 1)
-    last_step = settings['plan']['last_step']
     if chief:
         rundir.save_settings(args.checkpoint_dir, settings)
-    step_images = args.batch_size * settings['plan']['workers']
-    log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
-             args.dataset, dataset.layout, num_classes, num_train, num_val, last_step,
-             step_images)
-    if len(devices) > 1 or args.task:
-        log.info('%s%d tower(s) of %d images (%s)', '%s:%d of %s: ' % (
-            args.task.job, args.task.index, args.task.cluster) if args.task else '', len(devices),
-            args.batch_size // len(devices), ', '.join(d or 'default device' for d in devices))
-
-    global_step = tf.train.get_or_create_global_step()
-    # The frozen layers below the first trainable one (of the head stage, with --head-steps)
-    # run once per stored view, not every step, where that pays (features.py).
-    trainable = cli.comma_list(args.trainable_scopes)
-    first = cli.comma_list(args.exclude_scopes) if args.head_steps else trainable
-    point = features.boundary([name for name in model.vgg19_variables(num_classes)
-                               if not first or model.in_scopes(name, first)])
-    start_step = int(latest.rsplit('-', 1)[-1]) if latest else 0
-    cached, why = features.decide(
-        args.feature_cache, point, len(devices), bool(args.task),
-        ((args.head_steps or last_step) - start_step) * step_images, num_train, args.cache_views,
-        after_head=bool(args.head_steps) and start_step >= args.head_steps)
-    log.info('feature cache: %s (%s)', 'on, from %s up%s' % (
-        point, ' in the head stage' if args.head_steps else '') if cached else 'off', why)
-    # What each stage reads: stored features (True) or images (False), and the towers on each.
-    reads_cache = {'main': cached and not args.head_steps}
-    if args.head_steps:
-        reads_cache['head'] = cached
-    batches = {}
-    if cached:
-        cache = features.Cache(
-            dataset.train, dataset.validation, point, lambda images, is_training: (
-                network(images, settings, **network_options(args)) if is_training else
-                model.classifier(images, settings, is_training=False, reuse=True))[1],
-            settings['global_pool'], dict(  # and fc6's dropout, where it lies below
-                image_size=args.image_size, precision=precision,
-                preprocessing=settings['preprocessing'],
-                dropout6=args.dropout_keep_prob if point == 'fc7' else None),
-            args.image_size, args.batch_size, args.val_batch_size, args.cache_views,
-            args.cache_dir, args.seed)
-        batches[True] = cache.features, cache.labels
-    if not all(reads_cache.values()):
-        # The file list is fed to the iterator in each session made (FeedInitializerHook), not
-        # written into the graph.
-        placeholders = data.split_placeholders('train_split')
-        iterator = tf.data.make_initializable_iterator(data.train_pipeline(
-            placeholders, args.image_size, args.batch_size, seed=args.seed))
-        images, labels = iterator.get_next()
-        batches[False] = images, tf.cast(labels, tf.int32)
-    inputs = cache.view_images if cached else batches[False][0]
-
-    # Model and loss (cross entropy, smoothed and weighted as asked, plus the arg_scope's weight
-    # decay of what trains, in either stage): one tower per device on its share of the batch,
-    # sharing the variables. Then the same evaluation graph that evaluate.py runs, on the same
-    # variables.
-    trained = trainable and trainable + (cli.comma_list(args.exclude_scopes) if args.head_steps
-                                         else [])
-    per_class = None
-    if args.class_weights == 'balanced':
-        per_class = class_weights(dataset.train.labels, num_classes)
-        log.info('class weights (balanced): %.3g to %.3g', per_class.min(), per_class.max())
-    towers, metrics = {}, {}
-    for stored, batch in batches.items():
-        # With the cache, the prefix built on the views made the variables: all reuse them.
-        towers[stored] = parallel.on_towers(
-            devices, args.task, lambda images, labels, reuse: tower_loss(
-                images, labels, settings, args.label_smoothing, per_class,
-                reuse=True if cached else reuse, start=point if stored else None,
-                trained_scopes=trained or None, **network_options(args)), *batch)
-        metrics[stored] = {key: parallel.mean([t[key] for t in towers[stored]])
-                           for key in ('loss', 'total_loss', 'train_accuracy')}
-    if reads_cache['main']:  # validation from its stored features too: its view is fixed
-        stored, stored_labels, initializer, feed = cache.validation_batches(args.val_batch_size)
-        evaluation = evaluate.on(stored, stored_labels, settings, initializer, feed, reuse=True,
-                                 start=point)
-    else:
-        evaluation = evaluate.build(dataset.validation, settings, args.val_batch_size,
-                                    reuse=True)
-    # What the network is fed, once at each start.
-    inputs_summary = tf.summary.image('inputs', data.to_viewable(inputs), max_outputs=4,
-                                      collections=[])
-
-    # Optimizer: the learning rate comes from stage_at each step. Frozen variables get no
-    # gradients and no slots; the head stage has its own slots, so both stages exist in every
-    # checkpoint and a restart can resume in either.
-    learning_rate = tf.placeholder(tf.float32, [], name='learning_rate_fed')
-    stages = {'main': variables_in(args.trainable_scopes, '--trainable-scopes')}
-    if args.head_steps:
-        stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
-    train_ops, updates, scalars, sync_hooks, rate, store_rate = {}, [], [], [], learning_rate, []
-    if args.sync_replicas:
-        rate, store_rate = parallel.stored_on_ps(learning_rate)
-    for stage, var_list in stages.items():  # main first: its names are a one-stage run's
-        optimizer = hardware.loss_scaled(OPTIMIZERS[args.optimizer](
-            rate, args, 'head_' if stage == 'head' else ''), precision)
-        if args.sync_replicas:
-            optimizer, sync_hooks = parallel.sync_replicas(optimizer, args.task)
-        update = parallel.minimize(optimizer, [t['total_loss'] for t in towers[reads_cache[
-            stage]]], devices, args.task, var_list, global_step, before=store_rate)
-        with tf.control_dependencies([update]):
-            train_ops[stage] = global_step.read_value()  # the step after the update
-        stage_metrics = metrics[reads_cache[stage]]
-        updates.append((train_ops[stage], update, var_list, stage_metrics['total_loss']))
-        scalars.append((train_ops[stage], dict(stage_metrics, learning_rate=learning_rate)))
     best_dir = os.path.join(args.checkpoint_dir, rundir.BEST_DIR)
     if chief and not latest and os.path.isdir(best_dir):
         # The best of a model whose checkpoints are gone is not this run's: keep it aside.
         shutil.rmtree(best_dir + '.previous', ignore_errors=True)
         os.replace(best_dir, best_dir + '.previous')
         log.warning('%s belonged to an earlier model: moved to %s.previous', best_dir, best_dir)
-    best_saver = rundir.best_saver(args.checkpoint_dir, slim.get_model_variables() + [global_step])
+    run = types.SimpleNamespace(
+        dataset=dataset, settings=settings, latest=latest, init_fn=init_fn, restored=restored,
+        num_classes=len(dataset.class_ids), num_val=num_val, last_step=settings['plan'][
+            'last_step'], start_step=int(latest.rsplit('-', 1)[-1]) if latest else 0,
+        step_images=args.batch_size * settings['plan']['workers'])
+    log.info('dataset %s (%s): %d classes, %d training and %d validation images; %d steps of %d',
+             args.dataset, dataset.layout, run.num_classes, num_train, num_val, run.last_step,
+             run.step_images)
+    if len(machine.devices) > 1 or args.task:
+        log.info('%s%d tower(s) of %d images (%s)', '%s:%d of %s: ' % (
+            args.task.job, args.task.index, args.task.cluster) if args.task else '',
+            len(machine.devices), args.batch_size // len(machine.devices),
+            ', '.join(d or 'default device' for d in machine.devices))
+    return run
 
-    # Session: the pretrained restore runs only when the directory holds no checkpoint yet
-    if not chief:
+
+def build_input(args, machine, run):
+    """What each stage reads, by `reads_cache[stage]`: the feature cache's stored features
+    (`batches[True]`, from `cache`) or images (`batches[False]`, from `iterator`, its file list
+    fed by `feed`); and `inputs_summary`, the images the network is fed."""
+    # The frozen layers below the first trainable one (of the head stage, with --head-steps)
+    # run once per stored view, not every step, where that pays (features.py).
+    first = cli.comma_list(args.exclude_scopes) if args.head_steps else cli.comma_list(
+        args.trainable_scopes)
+    point = features.boundary([name for name in model.vgg19_variables(run.num_classes)
+                               if not first or model.in_scopes(name, first)])
+    cached, why = features.decide(
+        args.feature_cache, point, len(machine.devices), bool(args.task),
+        ((args.head_steps or run.last_step) - run.start_step) * run.step_images,
+        len(run.dataset.train.paths), args.cache_views,
+        after_head=bool(args.head_steps) and run.start_step >= args.head_steps)
+    log.info('feature cache: %s (%s)', 'on, from %s up%s' % (
+        point, ' in the head stage' if args.head_steps else '') if cached else 'off', why)
+    source = types.SimpleNamespace(point=point, cache=None, batches={}, iterator=None,
+                                   reads_cache={'main': cached and not args.head_steps})
+    if args.head_steps:
+        source.reads_cache['head'] = cached
+    settings, dataset = run.settings, run.dataset
+    if cached:
+        source.cache = features.Cache(
+            dataset.train, dataset.validation, point, lambda images, is_training: (
+                network(images, settings, **network_options(args)) if is_training else
+                model.classifier(images, settings, is_training=False, reuse=True))[1],
+            settings['global_pool'], dict(  # and fc6's dropout, where it lies below
+                image_size=args.image_size, precision=machine.precision,
+                preprocessing=settings['preprocessing'],
+                dropout6=args.dropout_keep_prob if point == 'fc7' else None),
+            args.image_size, args.batch_size, args.val_batch_size, args.cache_views,
+            args.cache_dir, args.seed)
+        source.batches[True] = source.cache.features, source.cache.labels
+    if not all(source.reads_cache.values()):
+        # The file list is fed to the iterator in each session made (FeedInitializerHook), not
+        # written into the graph.
+        placeholders = data.split_placeholders('train_split')
+        source.iterator = tf.data.make_initializable_iterator(data.train_pipeline(
+            placeholders, args.image_size, args.batch_size, seed=args.seed))
+        source.feed = data.split_feed(placeholders, dataset.train)
+        images, labels = source.iterator.get_next()
+        source.batches[False] = images, tf.cast(labels, tf.int32)
+    source.inputs_summary = tf.summary.image('inputs', data.to_viewable(
+        source.cache.view_images if cached else source.batches[False][0]), max_outputs=4,
+        collections=[])
+    return source
+
+
+def build_towers(args, machine, run, source):
+    """The model and loss (cross entropy, smoothed and weighted as asked, plus the arg_scope's
+    weight decay of what trains, in either stage) on each input of `source`, one tower per
+    device on its share of the batch, sharing the variables: {stored: [tower]}, and their
+    mean {stored: {loss, total_loss, train_accuracy}}; and the evaluation graph that
+    evaluate.py runs, on the same variables."""
+    trainable = cli.comma_list(args.trainable_scopes)
+    trained = trainable and trainable + (cli.comma_list(args.exclude_scopes) if args.head_steps
+                                         else [])
+    per_class = None
+    if args.class_weights == 'balanced':
+        per_class = class_weights(run.dataset.train.labels, run.num_classes)
+        log.info('class weights (balanced): %.3g to %.3g', per_class.min(), per_class.max())
+    towers, metrics = {}, {}
+    for stored, batch in source.batches.items():
+        # With the cache, the prefix built on the views made the variables: all reuse them.
+        towers[stored] = parallel.on_towers(
+            machine.devices, args.task, lambda images, labels, reuse: tower_loss(
+                images, labels, run.settings, args.label_smoothing, per_class,
+                reuse=True if source.cache else reuse, start=source.point if stored else None,
+                trained_scopes=trained or None, **network_options(args)), *batch)
+        metrics[stored] = {key: parallel.mean([t[key] for t in towers[stored]])
+                           for key in ('loss', 'total_loss', 'train_accuracy')}
+    if source.reads_cache['main']:  # validation from its stored features too: its view is fixed
+        stored, stored_labels, initializer, feed = source.cache.validation_batches(
+            args.val_batch_size)
+        evaluation = evaluate.on(stored, stored_labels, run.settings, initializer, feed,
+                                 reuse=True, start=source.point)
+    else:
+        evaluation = evaluate.build(run.dataset.validation, run.settings, args.val_batch_size,
+                                    reuse=True)
+    return towers, metrics, evaluation
+
+
+def build_stages(args, machine, run, source, towers, metrics, global_step, learning_rate):
+    """Each stage's optimizer and update: `train_ops[stage]` (the step after the update),
+    `updates` and `scalars` for the hooks, `sync_hooks` of synchronous replicas. Frozen
+    variables get no gradients and no slots; the head stage has slots of its own, so both
+    stages exist in every checkpoint and a restart can resume in either."""
+    stages = {'main': variables_in(args.trainable_scopes, '--trainable-scopes')}
+    if args.head_steps:
+        stages['head'] = variables_in(args.exclude_scopes, '--exclude-scopes (the head)')
+    built = types.SimpleNamespace(train_ops={}, updates=[], scalars=[], sync_hooks=[])
+    rate, store_rate = learning_rate, []
+    if args.sync_replicas:
+        rate, store_rate = parallel.stored_on_ps(learning_rate)
+    for stage, var_list in stages.items():  # main first: its names are a one-stage run's
+        optimizer = hardware.loss_scaled(OPTIMIZERS[args.optimizer](
+            rate, args, 'head_' if stage == 'head' else ''), machine.precision)
+        if args.sync_replicas:
+            optimizer, built.sync_hooks = parallel.sync_replicas(optimizer, args.task)
+        stored = source.reads_cache[stage]
+        update = parallel.minimize(optimizer, [t['total_loss'] for t in towers[stored]],
+                                   machine.devices, args.task, var_list, global_step,
+                                   before=store_rate)
+        with tf.control_dependencies([update]):
+            built.train_ops[stage] = global_step.read_value()  # the step after the update
+        step_metrics = metrics[stored]
+        built.updates.append((built.train_ops[stage], update, var_list,
+                              step_metrics['total_loss']))
+        built.scalars.append((built.train_ops[stage],
+                              dict(step_metrics, learning_rate=learning_rate)))
+        log.info('%s stage trains %d of %d variables (%s)', stage, len(var_list),
+                 len(tf.trainable_variables()),
+                 'steps 0-%d' % args.head_steps if stage == 'head' else
+                 'steps %d-%d, %s schedule' % (args.head_steps, run.last_step, args.schedule))
+    return built
+
+
+def build_hooks(args, machine, run, source, evaluation, stages, global_step, extra_hooks):
+    """(scaffold, hooks, chief-only hooks) of the session. The chief's write into
+    --checkpoint-dir: summaries, validation and best/, checkpoints."""
+    chief = machine.chief
+    best_saver = rundir.best_saver(args.checkpoint_dir,
+                                   slim.get_model_variables() + [global_step])
+    validation = ValidationHook(evaluation, run.num_val, run.num_classes, args.validate_every,
+                                args.checkpoint_dir, best_saver, args.early_stopping
+                                ) if chief else None
+    hooks = [tf.train.StopAtStepHook(last_step=run.last_step),
+             LoggingHook(stages.scalars, run.last_step, run.step_images, args.log_every,
+                         validation)]
+    if source.iterator:  # the cache starts its reader itself, once it is filled
+        hooks.insert(0, FeedInitializerHook(source.iterator.initializer, source.feed))
+    if chief:
+        hooks += [SummaryHook(stages.scalars, args.summary_every, args.checkpoint_dir),
+                  validation]
+        if not source.cache:  # (the cache writes the views it builds)
+            hooks.insert(-1, tf.train.SummarySaverHook(
+                save_steps=run.last_step + 1, output_dir=args.checkpoint_dir,
+                summary_op=source.inputs_summary))
+    hooks += list(extra_hooks)
+    if args.task:
+        hooks += stages.sync_hooks + [parallel.StepCountHook(args.task)]
+    # The Scaffold's default saver, with --keep-checkpoints.
+    scaffold = tf.train.Scaffold(init_fn=run.init_fn, init_op=model.initialized_elsewhere(
+        run.restored) if run.init_fn else None, saver=tf.train.Saver(
+        sharded=True, max_to_keep=args.keep_checkpoints, allow_empty=True))
+    # The NaN guard runs ahead of the checkpoint saver, so a NaN step is never saved; the saver
+    # ahead of the validation, whose best can then be the checkpoint just saved.
+    chief_hooks = [NanGuardHook(stages.updates), CheckpointSaverHook(
+        args.checkpoint_dir, save_secs=None if args.save_every_steps else args.save_every_secs,
+        save_steps=args.save_every_steps or None, scaffold=scaffold)]
+    return scaffold, hooks, chief_hooks
+
+
+def open_session(args, machine, run, scaffold, hooks, chief_hooks):
+    """The MonitoredTrainingSession, from the newest checkpoint, or the pretrained weights when
+    the directory holds none (restored by the chief; the other workers wait for it)."""
+    if not machine.chief:
         log.info('%s:%d: the chief restores the model, this worker waits for it',
                  args.task.job, args.task.index)
-    elif latest:
-        log.info('resuming from %s (step %s); --pretrained is not used when resuming',
-                 latest, latest.rsplit('-', 1)[-1])
-    elif init_fn:
+        parallel.wait_for_chief(machine.server.target, machine.config)
+    elif run.latest:
+        log.info('resuming from %s (step %d); --pretrained is not used when resuming',
+                 run.latest, run.start_step)
+    elif run.init_fn:
         log.info('starting from the pretrained weights in %s (not restored: %s)',
                  args.pretrained, args.exclude_scopes or 'nothing')
     else:
         log.info('starting from scratch: random initial weights')
-    for stage, var_list in stages.items():
-        log.info('%s stage trains %d of %d variables (%s)', stage, len(var_list),
-                 len(tf.trainable_variables()),
-                 'steps 0-%d' % args.head_steps if stage == 'head' else
-                 'steps %d-%d, %s schedule' % (args.head_steps, last_step, args.schedule))
-    validation = ValidationHook(evaluation, num_val, num_classes, args.validate_every,
-                                args.checkpoint_dir, best_saver, args.early_stopping
-                                ) if chief else None
-    hooks = [tf.train.StopAtStepHook(last_step=last_step),
-             LoggingHook(scalars, last_step, step_images, args.log_every, validation)]
-    if False in batches:  # the cache starts its reader itself, once it is filled
-        hooks.insert(0, FeedInitializerHook(iterator.initializer, data.split_feed(
-            placeholders, dataset.train)))
-    if chief:  # what writes into --checkpoint-dir
-        hooks += [SummaryHook(scalars, args.summary_every, args.checkpoint_dir), validation]
-        if not cached:  # (the cache writes the views it builds)
-            hooks.insert(-1, tf.train.SummarySaverHook(
-                save_steps=last_step + 1, output_dir=args.checkpoint_dir,
-                summary_op=inputs_summary))
-    hooks += list(extra_hooks)
-    if args.task:
-        hooks += sync_hooks + [parallel.StepCountHook(args.task)]
-    # The Scaffold's default saver, with --keep-checkpoints.
-    scaffold = tf.train.Scaffold(init_fn=init_fn, init_op=model.initialized_elsewhere(
-        restored) if init_fn else None, saver=tf.train.Saver(
-        sharded=True, max_to_keep=args.keep_checkpoints, allow_empty=True))
-    # The NaN guard runs ahead of the checkpoint saver, so a NaN step is never saved; the saver
-    # ahead of the validation, whose best can then be the checkpoint just saved.
-    chief_hooks = [NanGuardHook(updates), CheckpointSaverHook(
-        args.checkpoint_dir, save_secs=None if args.save_every_steps else args.save_every_secs,
-        save_steps=args.save_every_steps or None, scaffold=scaffold)]
-    if not chief:
-        parallel.wait_for_chief(server.target, config)
     try:
-        session = tf.train.MonitoredTrainingSession(
-            master=server.target if server else '', is_chief=chief, config=config,
-            checkpoint_dir=args.checkpoint_dir, scaffold=scaffold, hooks=hooks,
-            chief_only_hooks=chief_hooks, save_summaries_steps=None,  # SummaryHook's
+        return tf.train.MonitoredTrainingSession(
+            master=machine.server.target if machine.server else '', is_chief=machine.chief,
+            config=machine.config, checkpoint_dir=args.checkpoint_dir, scaffold=scaffold,
+            hooks=hooks, chief_only_hooks=chief_hooks, save_summaries_steps=None,  # SummaryHook
             save_checkpoint_secs=None, save_checkpoint_steps=None, log_step_count_steps=0)
     except tf.errors.NotFoundError as e:
         raise rundir.SettingsError(
             '%s does not hold what this run needs (%s): it was saved with another --optimizer, '
             '--trainable-scopes or --head-steps; resume with those, or use a new '
-            '--checkpoint-dir' % (latest, e.message.splitlines()[0][:200]))
+            '--checkpoint-dir' % (run.latest, e.message.splitlines()[0][:200]))
+
+
+def _train(args, extra_hooks):
+    # The machine, then the run directory: the chief alone writes into --checkpoint-dir.
+    machine = set_up_machine(args)
+    run = open_run(args, machine)
+    global_step = tf.train.get_or_create_global_step()
+    # Input: the stored features of the frozen layers where that pays (features.py), images
+    # otherwise; then one tower per device on each, and the evaluation graph of evaluate.py.
+    source = build_input(args, machine, run)
+    towers, metrics, evaluation = build_towers(args, machine, run, source)
+    # Optimizer: one per stage (with --head-steps, the head's first), its rate fed each step.
+    learning_rate = tf.placeholder(tf.float32, [], name='learning_rate_fed')
+    stages = build_stages(args, machine, run, source, towers, metrics, global_step,
+                          learning_rate)
+    scaffold, hooks, chief_hooks = build_hooks(args, machine, run, source, evaluation, stages,
+                                               global_step, extra_hooks)
+    session = open_session(args, machine, run, scaffold, hooks, chief_hooks)
+
+    # The loop: each step runs the update of the stage that the step is in.
     with session:
         step, stage = session.run_step_fn(
             lambda step_context: step_context.session.run(global_step)), None
-        if cached:  # the views it builds are what the network is fed: their summary
-            summary = session.run_step_fn(lambda step_context: cache.fill(
-                step_context.session, inputs_summary))
+        if source.cache:  # the views it builds are what the network is fed: their summary
+            summary = session.run_step_fn(lambda step_context: source.cache.fill(
+                step_context.session, source.inputs_summary))
             if summary:
                 tf.summary.FileWriterCache.get(args.checkpoint_dir).add_summary(summary, step)
         try:
             with interrupt_between_steps() as interrupted:
-                while step < last_step and not session.should_stop():
+                while step < run.last_step and not session.should_stop():
                     if interrupted:
                         raise KeyboardInterrupt
-                    now, rate = stage_at(step, args, last_step)
+                    now, rate = stage_at(step, args, run.last_step)
                     if now != stage:
                         log.info('%s stage from step %d', now, step)
                         stage = now
-                    step = session.run(train_ops[stage], feed_dict={learning_rate: rate})
+                    step = session.run(stages.train_ops[stage], {learning_rate: rate})
         except KeyboardInterrupt:
-            if not chief:
+            if not machine.chief:
                 raise
             # Keep the steps since the last periodic checkpoint: save now, outside the hooks.
             path = session.run_step_fn(lambda step_context: scaffold.saver.save(
-                step_context.session, os.path.join(args.checkpoint_dir, rundir.CHECKPOINT_PREFIX),
+                step_context.session, os.path.join(args.checkpoint_dir,
+                                                   rundir.CHECKPOINT_PREFIX),
                 global_step=global_step))
             log.info('saved %s', path)
             raise
-    if not chief:
+    if not machine.chief:
         log.info('done: the chief saves the model in %s', args.checkpoint_dir)
         return
     curves = evaluate.plot_curves(args.checkpoint_dir)
