@@ -68,88 +68,95 @@ OPTIMIZERS = {
 
 def parse_args(argv=None):
     p = cli.ArgumentParser(description='Fine-tune VGG19 on labelled photos.')
-    p.add_argument('--demo', action='store_true',
+    g = p.add_argument_group('data', 'the photos and how they are split')
+    g.add_argument('--demo', action='store_true',
                    help='train on a small dataset made from scikit-image photos (no download); '
                         'changes the defaults to %s' % DEMO)
-    p.add_argument('--dataset', default='data/food-101',
+    g.add_argument('--dataset', default='data/food-101',
                    help='dataset root: Food-101 layout or one folder per class')
-    p.add_argument('--pretrained', default='data/vgg_19.ckpt',
-                   help="TF-slim VGG19 checkpoint to start from, or 'none' to train from scratch")
-    p.add_argument('--checkpoint-dir', default=rundir.DEFAULT_CHECKPOINT_DIR,
-                   help='where checkpoints, TensorBoard events and settings.json go')
-    p.add_argument('--exclude-scopes', default=model.HEAD_SCOPE,
-                   help='comma-separated variable scopes not restored from --pretrained')
-    p.add_argument('--init', choices=['auto'] + sorted(model.INITIALIZERS), default='auto',
-                   help='initial weights of what --pretrained does not restore; auto: he with '
-                        '--pretrained none (xavier left 19 ReLU layers at chance), else xavier')
-    p.add_argument('--trainable-scopes', default='',
-                   help='comma-separated variable scopes to train (default: all); e.g. '
-                        'vgg_19/fc6,vgg_19/fc7,vgg_19/fc8 to keep the convolutions as they are')
-    p.add_argument('--head-steps', type=int, default=0,
-                   help='first train only the head (the --exclude-scopes) for this many steps, '
-                        'at --head-learning-rate, then --trainable-scopes on the main schedule')
-    p.add_argument('--head-learning-rate', type=float, default=1e-2,
-                   help='constant learning rate of the --head-steps')
-    p.add_argument('--image-size', type=int, default=model.DEFAULT_IMAGE_SIZE,
-                   help='square input size in pixels; 224 is the network as published')
-    p.add_argument('--val-fraction', type=float, default=0.2,
+    g.add_argument('--val-fraction', type=float, default=0.2,
                    help='share of each class held out for validation when the dataset has '
                         'no split of its own')
-    p.add_argument('--seed', type=int, default=0, help='seed of that split')
-    p.add_argument('--epochs', type=float, default=20,
-                   help='passes over the training images (fractions allowed)')
-    p.add_argument('--max-steps', type=int, default=0, help='cap on the step count (0: none)')
-    p.add_argument('--batch-size', type=int, default=64,
-                   help='images per step, over all towers of this machine')
-    p.add_argument('--val-batch-size', type=int, default=128,
-                   help='images per batch of the validation passes')
-    p.add_argument('--learning-rate', type=float, default=1e-3,
-                   help='learning rate at the start of the main schedule')
-    p.add_argument('--schedule', choices=SCHEDULES, default='polynomial',
-                   help='how the learning rate goes from --learning-rate to --end-learning-rate '
-                        'over the steps after the head stage')
-    p.add_argument('--end-learning-rate', type=float, default=1e-7,
-                   help='where the schedule ends, at the last step')
-    p.add_argument('--decay-power', type=float, default=1.0, help='of the polynomial schedule')
-    p.add_argument('--warmup-steps', type=int, default=0,
-                   help='steps of linear warm-up at the start of the main schedule')
-    p.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum',
-                   help='the update rule of the main schedule and the head stage')
-    p.add_argument('--momentum', type=float, default=0.9, help='for --optimizer momentum')
-    p.add_argument('--label-smoothing', type=float, default=0.0,
-                   help='share of each target spread evenly over all classes')
-    p.add_argument('--class-weights', choices=('none', 'balanced'), default='none',
-                   help='balanced: weigh each image by 1 / its class size, for imbalanced data')
-    p.add_argument('--dropout-keep-prob', type=float, default=0.5,
-                   help='share of fc6/fc7 activations kept by dropout in training')
-    p.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY,
-                   help="L2 penalty on the network's weights, as slim's vgg_arg_scope")
-    p.add_argument('--validate-every', type=int, default=500,
-                   help='steps between validations (also run at the end; 0: only at the end)')
-    p.add_argument('--early-stopping', type=int, default=0, metavar='K',
-                   help='stop after K validations without a better accuracy (0: never)')
-    p.add_argument('--save-every-secs', type=int, default=600, help='seconds between checkpoints')
-    p.add_argument('--save-every-steps', type=int, default=0,
-                   help='steps between checkpoints instead of --save-every-secs (0: by time)')
-    p.add_argument('--keep-checkpoints', type=int, default=5,
-                   help='how many of the newest checkpoints are kept')
-    p.add_argument('--max-unreadable', type=float, default=0.1,
+    g.add_argument('--seed', type=int, default=0, help='seed of that split')
+    g.add_argument('--image-size', type=int, default=model.DEFAULT_IMAGE_SIZE,
+                   help='square input size in pixels; 224 is the network as published')
+    g.add_argument('--max-unreadable', type=float, default=0.1,
                    help='share of the dataset that may be unusable (undecodable or too large '
                         'images, left out and listed) before the run refuses to start')
-    p.add_argument('--feature-cache', choices=features.MODES, default='auto',
+    g = p.add_argument_group('model', 'where the weights start and what trains')
+    g.add_argument('--pretrained', default='data/vgg_19.ckpt',
+                   help="TF-slim VGG19 checkpoint to start from, or 'none' to train from scratch")
+    g.add_argument('--exclude-scopes', default=model.HEAD_SCOPE,
+                   help='comma-separated variable scopes not restored from --pretrained')
+    g.add_argument('--init', choices=['auto'] + sorted(model.INITIALIZERS), default='auto',
+                   help='initial weights of what --pretrained does not restore; auto: he with '
+                        '--pretrained none (xavier left 19 ReLU layers at chance), else xavier')
+    g.add_argument('--trainable-scopes', default='',
+                   help='comma-separated variable scopes to train (default: all); e.g. '
+                        'vgg_19/fc6,vgg_19/fc7,vgg_19/fc8 to keep the convolutions as they are')
+    g.add_argument('--head-steps', type=int, default=0,
+                   help='first train only the head (the --exclude-scopes) for this many steps, '
+                        'at --head-learning-rate, then --trainable-scopes on the main schedule')
+    g.add_argument('--head-learning-rate', type=float, default=1e-2,
+                   help='constant learning rate of the --head-steps')
+    g.add_argument('--dropout-keep-prob', type=float, default=0.5,
+                   help='share of fc6/fc7 activations kept by dropout in training')
+    g.add_argument('--weight-decay', type=float, default=model.WEIGHT_DECAY,
+                   help="L2 penalty on the network's weights, as slim's vgg_arg_scope")
+    g.add_argument('--label-smoothing', type=float, default=0.0,
+                   help='share of each target spread evenly over all classes')
+    g.add_argument('--class-weights', choices=('none', 'balanced'), default='none',
+                   help='balanced: weigh each image by 1 / its class size, for imbalanced data')
+    g = p.add_argument_group('schedule', 'how long, how fast')
+    g.add_argument('--epochs', type=float, default=20,
+                   help='passes over the training images (fractions allowed)')
+    g.add_argument('--max-steps', type=int, default=0, help='cap on the step count (0: none)')
+    g.add_argument('--batch-size', type=int, default=64,
+                   help='images per step, over all towers of this machine')
+    g.add_argument('--learning-rate', type=float, default=1e-3,
+                   help='learning rate at the start of the main schedule')
+    g.add_argument('--schedule', choices=SCHEDULES, default='polynomial',
+                   help='how the learning rate goes from --learning-rate to --end-learning-rate '
+                        'over the steps after the head stage')
+    g.add_argument('--end-learning-rate', type=float, default=1e-7,
+                   help='where the schedule ends, at the last step')
+    g.add_argument('--decay-power', type=float, default=1.0, help='of the polynomial schedule')
+    g.add_argument('--warmup-steps', type=int, default=0,
+                   help='steps of linear warm-up at the start of the main schedule')
+    g.add_argument('--optimizer', choices=sorted(OPTIMIZERS), default='momentum',
+                   help='the update rule of the main schedule and the head stage')
+    g.add_argument('--momentum', type=float, default=0.9, help='for --optimizer momentum')
+    g = p.add_argument_group('feature cache', 'the frozen layers computed once per image view')
+    g.add_argument('--feature-cache', choices=features.MODES, default='auto',
                    help='compute the frozen layers below the first trainable one once per '
                         'image view and train the rest from the stored features; auto: when '
                         'the run reads at least --cache-views epochs (see features.py)')
-    p.add_argument('--cache-views', type=int, default=2,
+    g.add_argument('--cache-views', type=int, default=2,
                    help='augmented views of each training image in the feature cache')
-    p.add_argument('--cache-dir', default='',
+    g.add_argument('--cache-dir', default='',
                    help='where feature caches live (default: feature-cache beside '
                         '--checkpoint-dir); delete it to free the disk')
-    p.add_argument('--summary-every', type=int, default=30,
+    g = p.add_argument_group('checkpoints and progress',
+                             'what is written into --checkpoint-dir, and when')
+    g.add_argument('--checkpoint-dir', default=rundir.DEFAULT_CHECKPOINT_DIR,
+                   help='where checkpoints, TensorBoard events and settings.json go')
+    g.add_argument('--validate-every', type=int, default=500,
+                   help='steps between validations (also run at the end; 0: only at the end)')
+    g.add_argument('--val-batch-size', type=int, default=128,
+                   help='images per batch of the validation passes')
+    g.add_argument('--early-stopping', type=int, default=0, metavar='K',
+                   help='stop after K validations without a better accuracy (0: never)')
+    g.add_argument('--save-every-secs', type=int, default=600, help='seconds between checkpoints')
+    g.add_argument('--save-every-steps', type=int, default=0,
+                   help='steps between checkpoints instead of --save-every-secs (0: by time)')
+    g.add_argument('--keep-checkpoints', type=int, default=5,
+                   help='how many of the newest checkpoints are kept')
+    g.add_argument('--summary-every', type=int, default=30,
                    help='steps between TensorBoard summaries (the points of curves.png)')
-    p.add_argument('--log-every', type=int, default=10, help='steps between log lines')
-    hardware.add_flags(p)
-    add_parallel_flags(p)
+    g.add_argument('--log-every', type=int, default=10, help='steps between log lines')
+    hardware.add_flags(p.add_argument_group('machine', 'precision and compilation'))
+    add_parallel_flags(p.add_argument_group(
+        'scale out', 'towers on several devices, or a cluster of machines'))
     args = p.parse_args(argv)
     if args.demo:
         p.set_defaults(**DEMO)

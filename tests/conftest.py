@@ -1,11 +1,13 @@
 """Shared fixtures: small datasets made from scikit-image's photos, and a trained-looking
 checkpoint directory, so no test needs a download."""
 import os
+import subprocess
 import sys
 import tarfile
 
 import h5py
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow.compat.v1 as tf
 
@@ -19,6 +21,8 @@ import rundir  # noqa: E402
 tf.disable_eager_execution()
 
 PHOTOS = ('astronaut', 'coffee', 'camera')
+# The cheapest real training run: random weights, 32 px, 4 images a step (add what a test needs).
+CHEAP_RUN = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4']
 
 
 @pytest.fixture(autouse=True)
@@ -160,3 +164,29 @@ BROKEN_PRETRAINED = {
 
 def random_image(height, width, seed=0):
     return np.random.RandomState(seed).randint(0, 256, [height, width, 3]).astype(np.uint8)
+
+
+def run_script(script, *args, timeout=300):
+    """(exit code, stdout, stderr) of `python <script> args` in a process of its own, as a user
+    runs it."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args),
+                            capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stdout, result.stderr
+
+
+def image_files(directory):
+    """One small image of each kind a user's folder may hold (JPEG, grayscale, CMYK, PNG with
+    alpha, palette GIF, BMP, 16-bit PNG), written into `directory`; their paths."""
+    rgb = random_image(70, 110, seed=3)
+    files = {'photo.jpg': (PIL.Image.fromarray(rgb), 'JPEG'),
+             'gray.jpg': (PIL.Image.fromarray(rgb[..., 1]), 'JPEG'),
+             'cmyk.jpg': (PIL.Image.fromarray(rgb).convert('CMYK'), 'JPEG'),
+             'alpha.png': (PIL.Image.fromarray(np.dstack([rgb, rgb[..., :1]])), 'PNG'),
+             'palette.gif': (PIL.Image.fromarray(rgb).convert('P'), 'GIF'),
+             'plain.bmp': (PIL.Image.fromarray(rgb), 'BMP'),
+             'deep.png': (PIL.Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), 'PNG')}
+    paths = []
+    for name, (image, fmt) in files.items():
+        paths.append(os.path.join(directory, name))
+        image.save(paths[-1], format=fmt)
+    return paths

@@ -11,8 +11,8 @@ import pytest
 import export
 import inference
 import rundir
-from conftest import PHOTOS, ROOT, make_checkpoint_dir, random_image
-from test_inference import _image_files
+from conftest import PHOTOS, image_files, make_checkpoint_dir, random_image, run_script
+
 
 # The way TF Serving and TF2 users load it: eager, tf.saved_model.load, the named signatures.
 LOAD_IN_TF2 = """
@@ -47,7 +47,7 @@ def saved_model(checkpoint_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_saved_model_predicts_as_the_checkpoint(tmp_path, checkpoint_dir, saved_model):
-    paths = _image_files(str(tmp_path))  # JPEG (RGB, gray, CMYK), PNG (alpha, 16 bit), GIF, BMP
+    paths = image_files(str(tmp_path))  # JPEG (RGB, gray, CMYK), PNG (alpha, 16 bit), GIF, BMP
     images = [inference.read_rgb(p, 50e6) for p in paths] + [random_image(90, 60, seed=5)]
     checkpoint = inference.Predictor(checkpoint_dir)
     expected = checkpoint.probabilities([checkpoint.preprocess(i) for i in images])
@@ -60,7 +60,7 @@ def test_saved_model_predicts_as_the_checkpoint(tmp_path, checkpoint_dir, saved_
 @pytest.mark.slow
 def test_tf2_loads_both_signatures_with_class_names_inside(tmp_path, checkpoint_dir,
                                                            saved_model):
-    paths = _image_files(str(tmp_path))  # JPEG (RGB, gray, CMYK), PNG (alpha, 16 bit), GIF, BMP
+    paths = image_files(str(tmp_path))  # JPEG (RGB, gray, CMYK), PNG (alpha, 16 bit), GIF, BMP
     subprocess.run([sys.executable, '-c', LOAD_IN_TF2, saved_model, str(tmp_path / 'out.npz')]
                    + paths, check=True, timeout=300)
     out = np.load(tmp_path / 'out.npz', allow_pickle=True)
@@ -82,14 +82,12 @@ def test_tf2_loads_both_signatures_with_class_names_inside(tmp_path, checkpoint_
 @pytest.mark.slow
 def test_inference_cli_with_saved_model_prints_what_the_checkpoint_does(tmp_path, checkpoint_dir,
                                                                         saved_model):
-    paths = _image_files(str(tmp_path))
+    paths = image_files(str(tmp_path))
 
     def cli(*args):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, 'inference.py'), '--json']
-                                + list(args) + paths, capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode == 0, result.stderr
-        return [json.loads(line) for line in result.stdout.splitlines()]
+        code, out, err = run_script('inference.py', '--json', *args, *paths)
+        assert code == 0, err
+        return [json.loads(line) for line in out.splitlines()]
     for a, b in zip(cli('--saved-model', saved_model), cli('--checkpoint-dir', checkpoint_dir)):
         assert a['image'] == b['image']
         assert [p['class'] for p in a['predictions']] == [p['class'] for p in b['predictions']]
@@ -122,12 +120,11 @@ def test_export_refuses_a_used_directory_and_a_missing_model(tmp_path, checkpoin
 def test_export_cli_errors_are_one_line(tmp_path, checkpoint_dir, target):
     (tmp_path / 'a-file').write_text('not a directory')
     model_dir = checkpoint_dir if '/' in target else str(tmp_path / 'nothing')
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'export.py'), '--checkpoint-dir',
-                             model_dir, str(tmp_path / target)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith('export.py: error: ')
-    assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'out')
+    code, _, err = run_script('export.py', '--checkpoint-dir', model_dir, str(tmp_path / target),
+                              timeout=120)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith('export.py: error: ')
+    assert 'Traceback' not in err and not os.path.exists(tmp_path / 'out')
     assert sorted(os.listdir(tmp_path)) == ['a-file']
 
 
@@ -152,18 +149,17 @@ def test_evaluate_inference_and_the_saved_model_agree_with_default_flags(tmp_pat
     export.export(checkpoint_dir, saved_model)
 
     def run(program, *args):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, program), '--json'] +
-                                list(args), capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        return result
-    evaluation = run('evaluate.py', '--checkpoint-dir', checkpoint_dir, '--dataset',
-                     photo_dataset, '--output-dir', str(tmp_path / 'eval'))
-    assert 'precision fp32: predictions are float32 on every machine' in evaluation.stderr
-    report = json.loads(evaluation.stdout)
+        code, out, err = run_script(program, '--json', *args)
+        assert code == 0, err
+        return out, err
+    out, err = run('evaluate.py', '--checkpoint-dir', checkpoint_dir, '--dataset',
+                   photo_dataset, '--output-dir', str(tmp_path / 'eval'))
+    assert 'precision fp32: predictions are float32 on every machine' in err
+    report = json.loads(out)
     wrong = {w['image']: (w['predicted'], w['probability']) for w in report['misclassified']}
     assert len(wrong) >= 3, report['top1']  # the random model gets most of them wrong
     for source in (['--checkpoint-dir', checkpoint_dir], ['--saved-model', saved_model]):
-        lines = run('inference.py', *source, *sorted(wrong)).stdout.splitlines()
+        lines = run('inference.py', *source, *sorted(wrong))[0].splitlines()
         for answer in map(json.loads, lines):
             best = answer['predictions'][0]
             assert best['class'] == wrong[answer['image']][0]

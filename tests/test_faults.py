@@ -27,8 +27,8 @@ import model
 import rundir
 import tiny_train
 import train
-from conftest import (BROKEN_PRETRAINED, CONV1, EXCEPT_CONV1_1, PHOTOS, ROOT, conv1_values,
-                      model_settings, random_image, save_variables)
+from conftest import (BROKEN_PRETRAINED, CHEAP_RUN, CONV1, EXCEPT_CONV1_1, PHOTOS, ROOT,
+                      conv1_values, model_settings, random_image, save_variables)
 
 
 def _save_steps(directory, steps, poison=None):
@@ -223,9 +223,8 @@ def _smooth():
 # Training killed, poisoned and fed bad files.
 
 # The cheapest real run: the demo's 32 px and frozen base, a small batch, frequent saves.
-CHEAP = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--init', 'he',
-         '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0', '--save-every-steps', '2',
-         '--keep-checkpoints', '2', '--log-every', '1']
+CHEAP = CHEAP_RUN + ['--init', 'he', '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0',
+                     '--save-every-steps', '2', '--keep-checkpoints', '2', '--log-every', '1']
 
 
 def _step(prefix):

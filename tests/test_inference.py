@@ -1,8 +1,6 @@
 """inference.py: the same input as validation, predictions, and every kind of bad file."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
@@ -12,7 +10,7 @@ import tensorflow.compat.v1 as tf
 import data
 import hardware
 import inference
-from conftest import ROOT, random_image
+from conftest import image_files, random_image, run_script
 
 
 @pytest.fixture(scope='module')
@@ -20,24 +18,8 @@ def predictor(checkpoint_dir):
     return inference.Predictor(checkpoint_dir)
 
 
-def _image_files(directory):
-    rgb = random_image(70, 110, seed=3)
-    files = {'photo.jpg': (PIL.Image.fromarray(rgb), 'JPEG'),
-             'gray.jpg': (PIL.Image.fromarray(rgb[..., 1]), 'JPEG'),
-             'cmyk.jpg': (PIL.Image.fromarray(rgb).convert('CMYK'), 'JPEG'),
-             'alpha.png': (PIL.Image.fromarray(np.dstack([rgb, rgb[..., :1]])), 'PNG'),
-             'palette.gif': (PIL.Image.fromarray(rgb).convert('P'), 'GIF'),
-             'plain.bmp': (PIL.Image.fromarray(rgb), 'BMP'),
-             'deep.png': (PIL.Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), 'PNG')}
-    paths = []
-    for name, (image, fmt) in files.items():
-        paths.append(os.path.join(directory, name))
-        image.save(paths[-1], format=fmt)
-    return paths
-
-
 def test_inference_input_equals_the_validation_pipeline_input(tmp_path, predictor):
-    paths = _image_files(str(tmp_path))
+    paths = image_files(str(tmp_path))
     size = predictor.settings['image_size']
     batch = tf.data.make_one_shot_iterator(data.eval_pipeline(
         data.Split(paths, [0] * len(paths)), size, len(paths))).get_next()[0]
@@ -53,12 +35,6 @@ def test_top_k_orders_by_probability():
     top = inference.top_k(np.array([0.2, 0.5, 0.3]), settings, 2)
     assert top == [{'class': 'b', 'label': 'B', 'probability': 0.5},
                    {'class': 'c', 'label': 'C', 'probability': 0.3}]
-
-
-def _cli(*args):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'inference.py')] + list(args),
-                            capture_output=True, text=True, timeout=300)
-    return result.returncode, result.stdout, result.stderr
 
 
 def _bad_files(directory):
@@ -77,11 +53,11 @@ def _bad_files(directory):
 def test_json_lines_for_good_and_bad_files(tmp_path, checkpoint_dir):
     images = tmp_path / 'images'
     images.mkdir()
-    good_files = _image_files(str(images))
+    good_files = image_files(str(images))
     _, bad = _bad_files(str(tmp_path))
     missing = str(tmp_path / 'missing.jpg')
-    rc, out, err = _cli('--checkpoint-dir', checkpoint_dir, '--json', '--top-k', '2',
-                        '--batch-size', '4', str(images), *bad, missing)
+    rc, out, err = run_script('inference.py', '--checkpoint-dir', checkpoint_dir, '--json',
+                              '--top-k', '2', '--batch-size', '4', str(images), *bad, missing)
     assert rc == 1
     lines = [json.loads(line) for line in out.splitlines()]
     by_image = {line['image']: line for line in lines}
@@ -103,25 +79,26 @@ def test_text_output_exit_status_and_pixel_limit(tmp_path, checkpoint_dir):
     good, bad = _bad_files(str(tmp_path))
     big = str(tmp_path / 'big.png')
     PIL.Image.new('RGB', (3000, 2000)).save(big)
-    rc, out, err = _cli('--checkpoint-dir', checkpoint_dir, '--max-pixels', '5e6', good, big)
+    rc, out, err = run_script('inference.py', '--checkpoint-dir', checkpoint_dir, '--max-pixels',
+                              '5e6', good, big)
     assert rc == 1
     assert out.splitlines()[0] == good and len(out.splitlines()) == 4  # 3 classes
     assert '%' in out.splitlines()[1]
     assert 'big.png: cannot read image: 3000x2000 pixels is over --max-pixels' in err
-    rc, out, err = _cli('--checkpoint-dir', checkpoint_dir, good)
+    rc, out, err = run_script('inference.py', '--checkpoint-dir', checkpoint_dir, good)
     # A clean run says on stderr only which precision it ran, and why.
     said = 'inference.py: precision %s: %s' % hardware.choose_precision(
         'auto', [], hardware.cpu_flags(), training=False)
     assert rc == 0 and err.splitlines() == [said]  # no CUDA probe of TensorFlow's either
     assert said.startswith('inference.py: precision fp32: ')
-    rc, out, err = _cli('--checkpoint-dir', checkpoint_dir, bad[0])
+    rc, out, err = run_script('inference.py', '--checkpoint-dir', checkpoint_dir, bad[0])
     assert rc == 1 and out == '' and 'empty.jpg' in err.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
 def test_a_directory_without_a_model_is_a_one_line_error(tmp_path):
     good, _ = _bad_files(str(tmp_path))
-    rc, out, err = _cli('--checkpoint-dir', str(tmp_path / 'nothing'), good)
+    rc, out, err = run_script('inference.py', '--checkpoint-dir', str(tmp_path / 'nothing'), good)
     assert rc == 2
     assert err.strip().splitlines()[-1].startswith('inference.py: error:')
     assert 'train one with train.py' in err

@@ -18,7 +18,7 @@ import tf_slim as slim
 import hardware
 import parallel
 import train
-from conftest import ROOT
+from conftest import CHEAP_RUN, ROOT
 
 CLUSTER = {'ps': ['h0:2222'], 'worker': ['h1:2222', 'h2:2222']}
 
@@ -232,9 +232,9 @@ def test_two_towers_give_the_gradients_and_the_step_of_one_tower_on_the_double_b
 def test_training_on_two_logical_cpu_towers(photo_dataset, tmp_path, caplog):
     caplog.set_level('INFO')
     out = str(tmp_path / 'run')
-    assert train.main(['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir',
-                       out, '--image-size', '32', '--batch-size', '4', '--trainable-scopes',
-                       'vgg_19/fc8', '--validate-every', '0', '--max-steps', '2',
+    assert train.main(['--dataset', photo_dataset, '--checkpoint-dir', out] + CHEAP_RUN + [
+                       '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0',
+                       '--max-steps', '2',
                        '--devices', '/cpu:0,/cpu:1']) == 0
     assert '2 tower(s) of 2 images (/cpu:0, /cpu:1)' in caplog.text
     assert tf.train.latest_checkpoint(out).endswith('model.ckpt-2')
@@ -261,9 +261,9 @@ class Cluster:
     def __init__(self, tmp_path, dataset, step_secs=0.0, cpu_flags=None):
         self.dir, self.processes = tmp_path, {}
         ps, w0, w1 = ('localhost:%d' % p for p in _free_ports(3))
-        self.flags = ['--dataset', dataset, '--pretrained', 'none', '--image-size', '32',
-                      '--batch-size', '4', '--validate-every', '0', '--log-every', '10',
-                      '--epochs', '1000', '--ps-hosts', ps, '--worker-hosts', w0 + ',' + w1]
+        self.flags = ['--dataset', dataset] + CHEAP_RUN + [
+            '--validate-every', '0', '--log-every', '10', '--epochs', '1000', '--ps-hosts', ps,
+            '--worker-hosts', w0 + ',' + w1]
         self.env = dict(os.environ, VGGTINY_STEP_SECS=str(step_secs))
         if cpu_flags is not None:
             self.env['VGGTINY_CPU_FLAGS'] = ' '.join(sorted(cpu_flags))

@@ -24,7 +24,7 @@ import model
 import rundir
 import tiny_train
 import train
-from conftest import ROOT, random_image
+from conftest import CHEAP_RUN, ROOT, random_image, run_script
 
 
 def test_total_steps():
@@ -167,8 +167,8 @@ def _events(directory):
 def test_short_run_writes_everything_and_resumes(photo_dataset, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     out = str(tmp_path / 'run')
-    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
-             '--image-size', '32', '--batch-size', '4', '--val-batch-size', '5',
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out] + CHEAP_RUN + [
+             '--val-batch-size', '5',
              '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '2', '--summary-every', '1',
              '--log-every', '1']
     assert train.main(flags + ['--max-steps', '3']) == 0
@@ -216,8 +216,8 @@ def test_resume_with_other_settings_is_refused(photo_dataset, tmp_path, capsys):
     rundir.save_settings(out, {'class_ids': ['x', 'y'], 'class_names': ['x', 'y'],
                                'image_size': 32, 'fc_conv_padding': 'SAME',
                                'global_pool': True, 'preprocessing': {}})
-    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
-             '--image-size', '32', '--batch-size', '4', '--max-steps', '1', '--validate-every', '0',
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out] + CHEAP_RUN + [
+             '--max-steps', '1', '--validate-every', '0',
              '--trainable-scopes', 'vgg_19/fc8']
     # Settings without a checkpoint describe no model yet: a new run replaces them.
     assert train.main(flags) == 0
@@ -229,9 +229,8 @@ def test_resume_with_other_settings_is_refused(photo_dataset, tmp_path, capsys):
 
 
 def _cli(*args):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + list(args),
-                            capture_output=True, text=True, timeout=300)
-    return result.returncode, result.stderr.strip().splitlines()[-1]
+    code, _, err = run_script('train.py', *args)
+    return code, err.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -252,8 +251,8 @@ def test_missing_inputs_are_one_line_errors(tmp_path, photo_dataset):
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(photo_dataset, tmp_path,
                                                                      capsys):
     out = str(tmp_path / 'run')
-    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
-             '--image-size', '32', '--batch-size', '4', '--trainable-scopes', 'vgg_19/fc8',
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out] + CHEAP_RUN + [
+             '--trainable-scopes', 'vgg_19/fc8',
              '--init', 'he', '--validate-every', '0']
     assert train.main(flags + ['--max-steps', '2']) == 0
     assert train.main(flags + ['--max-steps', '50', '--learning-rate', '1e30']) == 1
@@ -269,9 +268,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(photo_datas
 def test_ctrl_c_mid_run_then_the_same_command_resumes(photo_dataset, tmp_path):
     out = str(tmp_path / 'run')
     command = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', photo_dataset,
-               '--pretrained', 'none', '--checkpoint-dir', out, '--image-size', '32',
-               '--batch-size', '4', '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0',
-               '--save-every-secs', '2', '--epochs', '100000', '--max-steps', '100000']
+               '--checkpoint-dir', out] + CHEAP_RUN + [
+        '--trainable-scopes', 'vgg_19/fc8', '--validate-every', '0', '--save-every-secs', '2',
+        '--epochs', '100000', '--max-steps', '100000']
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     try:
@@ -329,8 +328,8 @@ def _train(flags, hooks=()):
 def test_two_stages_freeze_what_they_should_and_resume_in_either(photo_dataset, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = str(tmp_path / 'run')
-    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
-             '--image-size', '32', '--batch-size', '4', '--validate-every', '0', '--init', 'he',
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out] + CHEAP_RUN + [
+             '--validate-every', '0', '--init', 'he',
              '--head-steps', '3', '--trainable-scopes', 'vgg_19/fc7,vgg_19/fc8',
              '--max-steps', '6', '--summary-every', '1', '--save-every-steps', '1',
              '--keep-checkpoints', '6']
@@ -384,8 +383,8 @@ def test_two_stages_freeze_what_they_should_and_resume_in_either(photo_dataset, 
 @pytest.mark.slow
 def test_best_checkpoint_and_evaluate_agree_with_validation(photo_dataset, tmp_path, capsys):
     out = str(tmp_path / 'run')
-    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
-             '--image-size', '32', '--batch-size', '4', '--val-batch-size', '4',
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out] + CHEAP_RUN + [
+             '--val-batch-size', '4',
              '--trainable-scopes', 'vgg_19/fc8', '--init', 'he', '--dropout-keep-prob', '1',
              '--learning-rate', '3e-3', '--validate-every', '2', '--max-steps', '6']
     assert train.main(flags) == 0
@@ -422,8 +421,8 @@ def test_early_stopping_after_validations_without_progress(photo_dataset, tmp_pa
     caplog.set_level(logging.INFO)
     out = str(tmp_path / 'run')
     # A learning rate too small to move a float32 weight: every validation ties the first.
-    flags = ['--dataset', photo_dataset, '--pretrained', 'none', '--checkpoint-dir', out,
-             '--image-size', '32', '--batch-size', '4', '--trainable-scopes', 'vgg_19/fc8',
+    flags = ['--dataset', photo_dataset, '--checkpoint-dir', out] + CHEAP_RUN + [
+             '--trainable-scopes', 'vgg_19/fc8',
              '--learning-rate', '1e-15', '--end-learning-rate', '1e-15', '--schedule',
              'constant', '--validate-every', '1', '--early-stopping', '2', '--max-steps', '20',
              '--label-smoothing', '0.1', '--class-weights', 'balanced']
@@ -476,9 +475,8 @@ def tiny(monkeypatch):
 
 # fp32 on every CPU kind: the loss is compared with a formula in float64. No feature cache:
 # the tiny network has no end points to start from.
-TINY = ['--pretrained', 'none', '--image-size', '32', '--batch-size', '4', '--log-every', '1',
-        '--summary-every', '1', '--save-every-secs', '3600', '--precision', 'fp32',
-        '--feature-cache', 'off']
+TINY = CHEAP_RUN + ['--log-every', '1', '--summary-every', '1', '--save-every-secs', '3600',
+                    '--precision', 'fp32', '--feature-cache', 'off']
 
 
 def _colour_dataset(root, per_class=10):
@@ -647,8 +645,8 @@ def _tiny_run(dataset, out, *flags):
     """tests/tiny_train.py for one step on `dataset` into `out`; its stderr."""
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tests', 'tiny_train.py'), '--dataset', dataset,
-         '--checkpoint-dir', out, '--pretrained', 'none', '--image-size', '32', '--batch-size',
-         '4', '--max-steps', '1', '--validate-every', '0'] + list(flags),
+         '--checkpoint-dir', out, '--max-steps', '1', '--validate-every', '0'] + CHEAP_RUN
+        + list(flags),
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stderr
