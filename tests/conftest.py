@@ -190,3 +190,27 @@ def image_files(directory):
         paths.append(os.path.join(directory, name))
         image.save(paths[-1], format=fmt)
     return paths
+
+
+def bad_files(directory):
+    """(a good JPEG, [files that are not images: empty, truncated, text, random bytes]), written
+    into `directory`, each named as an image."""
+    good = os.path.join(directory, 'good.jpg')
+    os.makedirs(directory, exist_ok=True)
+    PIL.Image.fromarray(random_image(50, 50)).save(good)
+    blob = open(good, 'rb').read()
+    bad = {'empty.jpg': b'', 'truncated.jpg': blob[:len(blob) // 2], 'text.png': b'hello',
+           'random.jpg': os.urandom(300)}
+    for name, content in bad.items():
+        with open(os.path.join(directory, name), 'wb') as f:
+            f.write(content)
+    return good, [os.path.join(directory, n) for n in bad]
+
+
+def usage_error(parse, flags, capsys):
+    """The last line that `parse` (a command's parse_args) prints for `flags` it refuses, once
+    it has exited with code 2, as argparse does for a usage error."""
+    with pytest.raises(SystemExit) as exit:
+        parse(flags)
+    assert exit.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]

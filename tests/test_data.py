@@ -8,7 +8,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import data
-from conftest import random_image
+from conftest import bad_files, random_image
 
 
 def _write(path, image=None, fmt='JPEG', **kwargs):
@@ -138,26 +138,13 @@ def test_decodes_every_kind_of_image_to_rgb_whatever_its_name(tmp_path):
         np.testing.assert_array_equal(decoded, expected, err_msg=name)
 
 
-def _bad_files(directory):
-    good = _write(os.path.join(directory, 'good.jpg'))
-    blob = open(good, 'rb').read()
-    bad = {'empty.jpg': b'', 'truncated.jpg': blob[:len(blob) // 2],
-           'text.jpg': b'this is not an image', 'random.png': os.urandom(500)}
-    paths = []
-    for name, content in bad.items():
-        paths.append(os.path.join(directory, name))
-        with open(paths[-1], 'wb') as f:
-            f.write(content)
-    return good, paths
-
-
 def test_find_unreadable_names_each_bad_file(tmp_path):
-    good, bad = _bad_files(str(tmp_path))
+    good, bad = bad_files(str(tmp_path))
     assert sorted(data.find_unreadable([good] + bad)) == sorted(bad)
 
 
 def test_drop_unreadable_reports_once_and_caches(tmp_path, monkeypatch, caplog):
-    good, bad = _bad_files(str(tmp_path / 'files'))
+    good, bad = bad_files(str(tmp_path / 'files'))
     ds = data.Dataset('r', 'test', ['x'], ['x'], data.Split([good] + bad[:2], [0, 0, 0]),
                       data.Split(bad[2:] + [good], [0, 0, 0]))
     cache = str(tmp_path / 'unreadable.json')
@@ -356,7 +343,7 @@ def test_to_viewable_undoes_the_mean_subtraction():
 
 
 def test_train_pipeline_skips_a_bad_file_without_losing_its_batch(tmp_path):
-    good, bad = _bad_files(str(tmp_path))
+    good, bad = bad_files(str(tmp_path))
     split = data.Split([good, bad[0]], [1, 0])
     images, labels = tf.data.make_one_shot_iterator(
         data.train_pipeline(split, 32, batch_size=3, seed=0)).get_next()

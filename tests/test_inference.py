@@ -1,6 +1,5 @@
 """inference.py: the same input as validation, predictions, and every kind of bad file."""
 import json
-import os
 
 import numpy as np
 import PIL.Image
@@ -10,7 +9,7 @@ import tensorflow.compat.v1 as tf
 import data
 import hardware
 import inference
-from conftest import image_files, random_image, run_script
+from conftest import bad_files, image_files, run_script
 
 
 @pytest.fixture(scope='module')
@@ -37,24 +36,12 @@ def test_top_k_orders_by_probability():
                    {'class': 'c', 'label': 'C', 'probability': 0.3}]
 
 
-def _bad_files(directory):
-    good = os.path.join(directory, 'good.jpg')
-    PIL.Image.fromarray(random_image(50, 50)).save(good)
-    blob = open(good, 'rb').read()
-    bad = {'empty.jpg': b'', 'truncated.jpg': blob[:len(blob) // 2], 'text.png': b'hello',
-           'random.jpg': os.urandom(300)}
-    for name, content in bad.items():
-        with open(os.path.join(directory, name), 'wb') as f:
-            f.write(content)
-    return good, [os.path.join(directory, n) for n in bad]
-
-
 @pytest.mark.slow
-def test_json_lines_for_good_and_bad_files(tmp_path, checkpoint_dir):
+def test_json_lines_for_good_andbad_files(tmp_path, checkpoint_dir):
     images = tmp_path / 'images'
     images.mkdir()
     good_files = image_files(str(images))
-    _, bad = _bad_files(str(tmp_path))
+    _, bad = bad_files(str(tmp_path))
     missing = str(tmp_path / 'missing.jpg')
     rc, out, err = run_script('inference.py', '--checkpoint-dir', checkpoint_dir, '--json',
                               '--top-k', '2', '--batch-size', '4', str(images), *bad, missing)
@@ -76,7 +63,7 @@ def test_json_lines_for_good_and_bad_files(tmp_path, checkpoint_dir):
 
 @pytest.mark.slow
 def test_text_output_exit_status_and_pixel_limit(tmp_path, checkpoint_dir):
-    good, bad = _bad_files(str(tmp_path))
+    good, bad = bad_files(str(tmp_path))
     big = str(tmp_path / 'big.png')
     PIL.Image.new('RGB', (3000, 2000)).save(big)
     rc, out, err = run_script('inference.py', '--checkpoint-dir', checkpoint_dir, '--max-pixels',
@@ -97,7 +84,7 @@ def test_text_output_exit_status_and_pixel_limit(tmp_path, checkpoint_dir):
 
 @pytest.mark.slow
 def test_a_directory_without_a_model_is_a_one_line_error(tmp_path):
-    good, _ = _bad_files(str(tmp_path))
+    good, _ = bad_files(str(tmp_path))
     rc, out, err = run_script('inference.py', '--checkpoint-dir', str(tmp_path / 'nothing'), good)
     assert rc == 2
     assert err.strip().splitlines()[-1].startswith('inference.py: error:')

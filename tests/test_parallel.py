@@ -18,7 +18,7 @@ import tf_slim as slim
 import hardware
 import parallel
 import train
-from conftest import CHEAP_RUN, ROOT
+from conftest import CHEAP_RUN, ROOT, usage_error
 
 CLUSTER = {'ps': ['h0:2222'], 'worker': ['h1:2222', 'h2:2222']}
 
@@ -121,9 +121,7 @@ def test_bad_cluster_settings_are_one_line_usage_errors(flags, tf_config, messag
     monkeypatch.delenv('TF_CONFIG', raising=False)
     if tf_config:
         monkeypatch.setenv('TF_CONFIG', tf_config)
-    with pytest.raises(SystemExit) as exit:
-        train.parse_args(flags)
-    assert exit.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in usage_error(train.parse_args, flags, capsys)
 
 
 def test_parse_args_reads_the_task(monkeypatch):
