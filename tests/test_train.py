@@ -674,7 +674,7 @@ def test_the_graph_does_not_grow_with_the_dataset(tmp_path):
 EVAL_GRAPH_SIZE = """if True:
     import sys
     import tensorflow.compat.v1 as tf
-    import data, evaluate, model
+    import data, evaluate, rundir
     tf.disable_eager_execution()
     evaluation = evaluate.build(data.load_dataset(sys.argv[1]).validation,
                                 rundir.load_settings(sys.argv[2]), batch_size=8)
