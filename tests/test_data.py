@@ -1,5 +1,6 @@
 """data.py: both layouts and the split, decoding whatever the file is, the preprocessing and the
 pipelines."""
+import json
 import os
 
 import numpy as np
@@ -386,3 +387,106 @@ def test_no_pipeline_keeps_the_thread_that_made_the_end_of_a_run_wait():
     for ds in (data.train_pipeline(split, 32, 2), data.views_pipeline(split, 32, 2),
                data.eval_pipeline(split, 32, 2), features.pipeline(files, [1, 1, 8], 2, 4)):
         assert ds.options().autotune.enabled is False
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset audit and the warning about validation copies.
+
+AUDIT_PHOTOS = ('astronaut', 'camera', 'chelsea', 'coffee', 'rocket', 'coins', 'hubble_deep_field',
+                'immunohistochemistry')
+
+
+def _planted(root):
+    """A train/val dataset of 8 distinct scikit-image photos (160 px) in two classes, with
+    planted in validation: an exact copy of a training photo, a half-size copy, a JPEG quality
+    30 copy and a mirror image of others; and a small image, an EXIF-rotated one, an unreadable
+    one. {what: path}."""
+    import skimage.data
+    photos = [PIL.Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert('RGB')
+              .resize((160, 120)) for name in AUDIT_PHOTOS]
+    paths = {}
+    for i, photo in enumerate(photos):
+        paths[AUDIT_PHOTOS[i]] = _write(os.path.join(root, 'train', 'ab'[i % 2],
+                                                     AUDIT_PHOTOS[i] + '.jpg'), np.asarray(photo))
+    val = os.path.join(root, 'val')
+    os.makedirs(os.path.join(val, 'a')), os.makedirs(os.path.join(val, 'b'))
+    paths['exact'] = os.path.join(val, 'a', 'exact.jpg')
+    with open(paths['astronaut'], 'rb') as f, open(paths['exact'], 'wb') as g:
+        g.write(f.read())
+    paths['resized'] = _write(os.path.join(val, 'b', 'resized.jpg'),
+                              np.asarray(photos[1].resize((80, 60))))
+    paths['recoded'] = _write(os.path.join(val, 'a', 'recoded.jpg'), np.asarray(photos[2]),
+                              quality=30)
+    paths['mirrored'] = _write(os.path.join(val, 'b', 'mirrored.png'),
+                               np.asarray(photos[3])[:, ::-1], fmt='PNG')
+    paths['small'] = _write(os.path.join(val, 'a', 'small.jpg'), random_image(40, 50, seed=7))
+    exif = PIL.Image.Exif()
+    exif[data.EXIF_ORIENTATION] = 6
+    paths['rotated'] = _write(os.path.join(val, 'b', 'rotated.jpg'),
+                              random_image(120, 160, seed=8), exif=exif)
+    paths['unreadable'] = os.path.join(val, 'a', 'unreadable.jpg')
+    with open(paths['unreadable'], 'wb') as f:
+        f.write(b'not an image')
+    return paths
+
+
+def test_the_audit_finds_what_was_planted_and_nothing_else(tmp_path):
+    paths = _planted(str(tmp_path))
+    found = data.audit(data.load_dataset(str(tmp_path)), image_size=56)
+    assert found['exact_copies'] == [{'images': sorted([paths['astronaut'], paths['exact']]),
+                                      'where': 'across the split'}]
+    near = {tuple(sorted(c['images'])): c for c in found['near_copies']}
+    assert set(near) == {tuple(sorted([paths[a], paths[b]])) for a, b in (
+        ('camera', 'resized'), ('chelsea', 'recoded'), ('coffee', 'mirrored'))}
+    assert all(c['where'] == 'across the split' and c['bits'] <= data.NEAR_COPY_BITS
+               for c in near.values())
+    assert [s['image'] for s in found['small']] == [paths['small']]
+    assert found['exif_rotated'] == [{'image': paths['rotated'], 'orientation': 6}]
+    assert found['unreadable'] == [paths['unreadable']]
+    assert [c['training'] for c in found['classes']] == [4, 4] and found['imbalance'] == 1.0
+    lines = data.audit_report(found)
+    assert 'exact copies across the split: 1' in lines
+    assert 'near copies across the split (at most 10 bits apart): 3' in lines
+
+
+def test_the_perceptual_hash_is_numpys_dct_of_the_thumbnail():
+    # The DCT matrix is the orthonormal DCT-II: its rows are orthonormal, and row 1 by hand.
+    dct = data._dct_matrix(4)
+    np.testing.assert_allclose(dct @ dct.T, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(dct[1], np.sqrt(0.5) * np.cos(np.pi * np.array([1, 3, 5, 7]) / 8))
+    # A left-right ramp has all its energy in the horizontal frequencies: the hash's set bits
+    # are the first row's (after the mean), whose coefficients are the largest.
+    ramp = PIL.Image.fromarray(np.tile(np.linspace(255, 0, 64), (64, 1)).astype(np.uint8))
+    bits = format(data.perceptual_hash(ramp), '063b')
+    assert bits[:7].count('1') >= 4 and bits.count('1') <= 32
+
+
+def test_validation_copies_of_training_images_are_warned_about_once_per_dataset(tmp_path, caplog):
+    root = str(tmp_path / 'data')
+    paths = _planted(root)
+    os.remove(paths['unreadable'])
+    dataset = data.load_dataset(root)
+    cache = str(tmp_path / 'unreadable.json')
+    data.drop_unreadable(dataset, cache)
+    warning = [r.getMessage() for r in caplog.records if 'copies of training' in r.getMessage()]
+    assert len(warning) == 1 and warning[0].startswith('1 validation image(s) are copies of '
+                                                       'training images (the first: %s, of %s)'
+                                                       % (paths['exact'], paths['astronaut']))
+    assert cache in warning[0] and 'python data.py audit --dataset %s' % root in warning[0]
+    # From the cache the next time, with the same words.
+    caplog.clear()
+    data.drop_unreadable(dataset, cache)
+    assert [r.getMessage() for r in caplog.records if 'copies of training' in r.getMessage()
+            ] == warning
+
+
+def test_the_audit_command_prints_json_and_refuses_a_missing_dataset_in_one_line(tmp_path):
+    from conftest import run_script
+    paths = _planted(str(tmp_path / 'data'))
+    code, out, err = run_script('data.py', 'audit', '--dataset', str(tmp_path / 'data'), '--json',
+                                '--image-size', '64')
+    assert code == 0, err
+    assert json.loads(out)['exact_copies'][0]['images'][0] == paths['astronaut']
+    assert 'cuInit' not in err and 'Traceback' not in err
+    code, out, err = run_script('data.py', 'audit', '--dataset', str(tmp_path / 'nothing'))
+    assert code == 2 and err.count('\n') == 1 and err.startswith('data.py: error: dataset')
