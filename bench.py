@@ -12,7 +12,8 @@
 3. inference: inference.Predictor against the Keras model's `predict_on_batch`;
 4. the matrix-multiply ceiling of this machine in float32 and bfloat16, beside the training
    step's achieved GFLOP/s;
-6. cache: head-only training (fc8, as the demo) on the demo dataset at --cache-image-size for
+6. cache: head-only training (fc8, as the demo) on 300 images in 12 classes (the demo's photos,
+   cat and brick) at --cache-image-size for
    --cache-epochs, from the same frozen weights (a random He-initialised VGG19 checkpoint, as no
    ImageNet one can be fetched here): train.py with the feature cache (building it included)
    against train.py without it, a second run with other head settings that reuses the cache,
@@ -64,8 +65,8 @@ import data
 import demo
 import inference
 import model
-import rundir
 import parallel
+import rundir
 import train
 
 # VGG19 forward at 224 px: 19.6 G multiply-adds an image (2 FLOPs each); a training step

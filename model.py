@@ -270,15 +270,18 @@ def pretrained_init_fn(checkpoint_path, expected):
     which a pretrained checkpoint does not have. Values stored as another float type (float64,
     as a careless conversion writes) are restored as the model's float32.
     """
-    values = {}  # read once, by the check: the file is not read again (559 MB, 0.5 s)
-    check_pretrained(checkpoint_path, expected, values)
+    values = {}  # read by the check: the first session does not read the file again (0.5 s)
+    path = check_pretrained(checkpoint_path, expected, values)
 
     def init_fn(scaffold, session):
         variables = {v.op.name: v for v in session.graph.get_collection(
             tf.GraphKeys.MODEL_VARIABLES)}
-        # The initializers fed (the graph is finalized by now), which casts the values to
-        # float32; one run, and the values let go of as it ends.
-        feed = {variables[name].initializer.inputs[1]: values.pop(name) for name in expected}
+        # The initializers fed (the graph is finalized by now), in one run; the values are let
+        # go of once used. A session made again before the first checkpoint (a parameter
+        # server restarted) reads the file again.
+        reader = None if values else tf.train.load_checkpoint(path)
+        feed = {variables[name].initializer.inputs[1]: values.pop(name) if reader is None else
+                reader.get_tensor(name).astype(np.float32) for name in expected}
         session.run([variables[name].initializer for name in expected], feed)
     return init_fn
 
@@ -323,7 +326,7 @@ def checkpoint_problem(prefix, expected=None, any_float=False, values=None):
             if value.dtype.kind == 'f' and not np.isfinite(value).all():
                 return 'damaged', 'holds NaN or infinite values in %s' % name
             if values is not None and name in (expected or ()):
-                values[name] = value
+                values[name] = value.astype(np.float32, copy=False)  # float64 halved at once
     except Exception as e:  # a damaged file fails in whatever way its reader trips on it
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         return 'damaged', 'does not read back whole (%s: %s)' % (type(e).__name__, text[:200])

@@ -629,7 +629,9 @@ def recover(checkpoint_dir):
 
 
 def train(args, extra_hooks=()):
-    """Train as `args` say; `extra_hooks`: more SessionRunHooks, for a program embedding this.
+    """Train as `args` say; `extra_hooks`: more SessionRunHooks, for a program embedding this
+    (a hook's begin() makes no global variable: from --pretrained, the random initial values are
+    drawn for the variables that exist when the hooks are made, model.initialized_elsewhere).
     In a cluster (args.task), the variables live on the parameter servers."""
     with tf.device(parallel.trainer_device_setter(args.task)):
         _train(args, extra_hooks)

@@ -160,7 +160,8 @@ IMPORTS = """if True:
     import tensorflow.compat.v1 as tf
     import tf_slim
     before = (PIL.Image.MAX_IMAGE_PIXELS, os.environ.get('TF_XLA_FLAGS'), list(warnings.filters))
-    import bench, data, evaluate, export, features, hardware, inference, model, parallel, train
+    import bench, data, evaluate, export, features, hardware, inference, model, parallel
+    import rundir, train
     after = (PIL.Image.MAX_IMAGE_PIXELS, os.environ.get('TF_XLA_FLAGS'), list(warnings.filters))
     print(before == after)
 """

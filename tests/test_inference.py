@@ -37,7 +37,7 @@ def test_top_k_orders_by_probability():
 
 
 @pytest.mark.slow
-def test_json_lines_for_good_andbad_files(tmp_path, checkpoint_dir):
+def test_json_lines_for_good_and_bad_files(tmp_path, checkpoint_dir):
     images = tmp_path / 'images'
     images.mkdir()
     good_files = image_files(str(images))

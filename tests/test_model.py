@@ -203,17 +203,24 @@ def test_a_pretrained_checkpoint_of_other_floats_restores_as_float32(tmp_path, d
     with tf.variable_scope('vgg_19'):  # the first block of vgg_19, as it builds it
         slim.repeat(tf.zeros([1, 8, 8, 3]), 2, slim.conv2d, 64, [3, 3], scope='conv1')
     variables = {v.op.name: v for v in slim.get_model_variables()}
-    initializer = tf.global_variables_initializer()
+    # The Scaffold's init_op from a pretrained checkpoint: random values for the others only.
+    initializer = model.initialized_elsewhere(CONV1)
+    uninitialized = tf.report_uninitialized_variables()
     tf.get_default_graph().finalize()
-    with tf.Session() as session:
-        session.run(initializer)
-        before = session.run(variables['vgg_19/conv1/conv1_2/weights'])
-        init_fn(None, session)
-        restored = session.run(variables)
-    for name, value in conv1_values(np.float32).items():
-        assert restored[name].dtype == np.float32
-        np.testing.assert_array_equal(restored[name], value, err_msg=name)
-    np.testing.assert_array_equal(restored['vgg_19/conv1/conv1_2/weights'], before)
+    # The second session is one made again before the first checkpoint (a parameter server
+    # restarted): the values the check read are gone by then, and the file is read again.
+    for _ in range(2):
+        with tf.Session() as session:
+            session.run(initializer)
+            assert sorted(n.decode() for n in session.run(uninitialized)) == sorted(CONV1)
+            before = session.run(variables['vgg_19/conv1/conv1_2/weights'])
+            init_fn(None, session)
+            assert len(session.run(uninitialized)) == 0
+            restored = session.run(variables)
+        for name, value in conv1_values(np.float32).items():
+            assert restored[name].dtype == np.float32
+            np.testing.assert_array_equal(restored[name], value, err_msg=name)
+        np.testing.assert_array_equal(restored['vgg_19/conv1/conv1_2/weights'], before)
 
 
 @pytest.mark.parametrize('version', ['V1', 'V2'])
