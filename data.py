@@ -327,12 +327,36 @@ def decode_for_train(contents, image_size):
 
 def preprocess_for_eval(image, image_size):
     """Short side to the scaled 256, central square crop, means off."""
+    return eval_views(image, image_size, 'none')[0]
+
+
+# Test-time augmentation: the views of an image whose predictions evaluation averages.
+TTA_MODES = ('none', 'flip', '10crop')
+
+
+def eval_views(image, image_size, tta='none'):
+    """The views of `image` that evaluation with test-time augmentation `tta` averages over,
+    [views, size, size, 3], each made as preprocess_for_eval makes its one: 'none' the central
+    crop alone; 'flip' it and its mirror image; '10crop' the central and the four corner crops
+    and their mirror images (the multi-crop evaluation of VGG's and Inception's papers)."""
     image = _aspect_preserving_resize(image, resize_side_range(image_size)[0])
     shape = tf.shape(image)
-    top = (shape[0] - image_size) // 2
-    left = (shape[1] - image_size) // 2
-    image = tf.slice(image, [top, left, 0], [image_size, image_size, 3])
-    return _subtract_means(image)
+    bottom, right = shape[0] - image_size, shape[1] - image_size
+    corners = [(bottom // 2, right // 2)]  # the central crop first: 'none' is views[0]
+    if tta == '10crop':
+        corners += [(0, 0), (0, right), (bottom, 0), (bottom, right)]
+    views = tf.stack([tf.slice(image, [top, left, 0], [image_size, image_size, 3])
+                      for top, left in corners])
+    if tta != 'none':
+        views = tf.concat([views, tf.reverse(views, [2])], 0)
+    return _subtract_means(views)
+
+
+def evaluation_input(image, image_size, tta='none'):
+    """What evaluation feeds the network for `image`: the one central crop (preprocess_for_eval)
+    without test-time augmentation, else its eval_views."""
+    return preprocess_for_eval(image, image_size) if tta == 'none' else eval_views(
+        image, image_size, tta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,13 +415,14 @@ def views_pipeline(split, image_size, batch_size):
     return bounded_close(ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def eval_pipeline(split, image_size, batch_size):
+def eval_pipeline(split, image_size, batch_size, tta='none'):
     """One pass over every example of `split` (lists, or tensors), in order, as batches of
-    (images, labels, paths); the last partial batch included."""
+    (images, labels, paths); the last partial batch included. With test-time augmentation
+    `tta`, each image is its eval_views: [batch, views, size, size, 3]."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
     # The path travels with its image, so a report can name the files it got wrong.
-    ds = ds.map(lambda path, label: (
-        preprocess_for_eval(decode_image(tf.io.read_file(path)), image_size), label, path),
+    ds = ds.map(lambda path, label: (evaluation_input(
+        decode_image(tf.io.read_file(path)), image_size, tta), label, path),
         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors()
     return bounded_close(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 
@@ -42,11 +43,12 @@ TOP_K = 5
 Evaluation = collections.namedtuple('Evaluation', 'initializer feed fetches')
 
 
-def build(split, settings, batch_size, reuse=None):
-    """The evaluation graph over `split`: an Evaluation for `predict`."""
+def build(split, settings, batch_size, reuse=None, tta='none'):
+    """The evaluation graph over `split`, with test-time augmentation `tta` (data.TTA_MODES):
+    an Evaluation for `predict`."""
     placeholders = data.split_placeholders('eval_split')
     iterator = tf.data.make_initializable_iterator(
-        data.eval_pipeline(placeholders, settings['image_size'], batch_size))
+        data.eval_pipeline(placeholders, settings['image_size'], batch_size, tta))
     images, labels, paths = iterator.get_next()
     return on(images, labels, settings, iterator.initializer,
               data.split_feed(placeholders, split), reuse, paths=paths)
@@ -55,12 +57,28 @@ def build(split, settings, batch_size, reuse=None):
 def on(inputs, labels, settings, initializer, feed, reuse=None, start=None, paths=None):
     """An Evaluation of the network on `inputs` (images, or the stored features of end point
     `start`) from the iterator that `initializer` starts with `feed`."""
-    logits, _ = model.classifier(inputs, settings, is_training=False, reuse=reuse, start=start)
-    probabilities, top = tf.nn.top_k(tf.nn.softmax(logits), min(TOP_K, len(settings['class_ids'])))
+    probabilities, top = tf.nn.top_k(class_probabilities(inputs, settings, reuse, start),
+                                     min(TOP_K, len(settings['class_ids'])))
     fetches = {'labels': labels, 'top': top, 'probabilities': probabilities}
     if paths is not None:
         fetches['paths'] = paths
     return Evaluation(initializer, feed, fetches)
+
+
+def class_probabilities(inputs, settings, reuse=None, start=None):
+    """Class probabilities [n, classes] of `inputs`: network inputs [n, size, size, 3], the
+    stored features of end point `start`, or each image's views [n, views, size, size, 3]
+    (data.eval_views), whose probabilities are averaged over its views."""
+    views = None
+    if inputs.shape.ndims == 5:
+        views = tf.shape(inputs)[1]
+        inputs = tf.reshape(inputs, [-1] + inputs.shape.as_list()[2:])
+    logits, _ = model.classifier(inputs, settings, is_training=False, reuse=reuse, start=start)
+    probabilities = tf.nn.softmax(logits)
+    if views is not None:
+        probabilities = tf.reduce_mean(tf.reshape(
+            probabilities, [-1, views, len(settings['class_ids'])]), 1)
+    return probabilities
 
 
 def predict(session, evaluation, num_examples):
@@ -177,8 +195,10 @@ def format_report(result, show=10):
             a = result[name]
             lines.append(line % (width, name.replace('_', ' '), a['precision'], a['recall'],
                                  a['f1'], a['support']))
-    lines += ['', 'top-1 accuracy %.4f   top-%d accuracy %.4f   (%d images)'
-              % (result['top1'], result['k'], result['top5'], result['num_examples'])]
+    lines += ['', 'top-1 accuracy %.4f   top-%d accuracy %.4f   (%d images%s)'
+              % (result['top1'], result['k'], result['top5'], result['num_examples'],
+                 '' if result.get('tta', 'none') == 'none' else
+                 ', test-time augmentation: %s' % result['tta'])]
     if result['most_confused']:
         lines += ['', 'most confused (true -> predicted: images):']
         lines += ['  %s -> %s: %d' % (c['true'], c['predicted'], c['count'])
@@ -334,7 +354,10 @@ def parse_args(argv=None):
     p.add_argument('--dataset', default=None,
                    help='dataset root (default: the one the model was trained on)')
     p.add_argument('--split', choices=('validation', 'train'), default='validation')
-    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--batch-size', type=int, default=128, help='images per batch')
+    p.add_argument('--tta', choices=data.TTA_MODES, default='none',
+                   help='test-time augmentation: the probabilities averaged over the central '
+                        'crop and its mirror image (flip), or over 10 crops (10crop)')
     p.add_argument('--output-dir', default=None,
                    help='where the CSVs, PNG and TensorBoard image go '
                         '(default: <checkpoint-dir>/eval/<split>)')
@@ -370,17 +393,21 @@ def evaluate(args):
         raise data.DatasetError('the %s split of %s is empty' % (args.split, root))
     precision = hardware.resolve_precision(args.precision, training=False)
     with tf.Graph().as_default():
-        evaluation = build(split, settings, args.batch_size)
+        evaluation = build(split, settings, args.batch_size, tta=args.tta)
         saver = tf.train.Saver(slim.get_model_variables())
         with tf.Session(config=hardware.session_config(precision, args.xla)) as session:
             rundir.restore(saver, session, checkpoint)
-            log.info('evaluating %s on %d %s images of %s', checkpoint, len(split.paths),
-                     args.split, root)
+            log.info('evaluating %s on %d %s images of %s%s', checkpoint, len(split.paths),
+                     args.split, root, '' if args.tta == 'none' else ', test-time augmentation '
+                     '%s' % args.tta)
+            started = time.time()
             predictions = predict(session, evaluation, len(split.paths))
+            seconds = time.time() - started
     result = report(predictions, settings['class_ids'], settings['class_names'])
     step = _step(checkpoint)
     result.update(checkpoint=checkpoint, step=step, split=args.split, dataset=root,
-                  precision=precision)
+                  precision=precision, tta=args.tta,
+                  ms_per_image=1000 * seconds / max(result['num_examples'], 1))
     output = args.output_dir or os.path.join(args.checkpoint_dir, rundir.EVAL_DIR, args.split)
     write_outputs(result, output, step)
     log.info('wrote confusion_matrix.csv/.png, misclassified.csv, report.json and a TensorBoard '

@@ -29,6 +29,7 @@ import tf_slim as slim
 
 import cli
 import data
+import evaluate
 import model
 import rundir
 
@@ -42,29 +43,32 @@ class ExportError(ValueError):
 
 
 def serving_outputs(inputs, settings, top_k):
-    """The signature outputs for network `inputs` [batch, size, size, 3] (variables reused)."""
-    logits, _ = model.classifier(inputs, settings, is_training=False, reuse=tf.AUTO_REUSE)
-    probabilities = tf.nn.softmax(logits)
+    """The signature outputs for network `inputs` [batch, size, size, 3], or each image's views
+    [batch, views, size, size, 3] (variables reused)."""
+    probabilities = evaluate.class_probabilities(inputs, settings, reuse=tf.AUTO_REUSE)
     scores, classes = tf.nn.top_k(probabilities, min(top_k, len(settings['class_ids'])))
     return {'probabilities': probabilities, 'scores': scores, 'classes': classes,
             'class_ids': tf.gather(tf.constant(settings['class_ids']), classes),
             'labels': tf.gather(tf.constant(settings['class_names']), classes)}
 
 
-def _each(preprocess, batch, size):
-    """`preprocess` on each image of `batch` (they may differ in size) -> [n, size, size, 3]."""
+def _each(preprocess, batch, shape):
+    """`preprocess` on each image of `batch` (they may differ in size) -> [n] + `shape`."""
     return tf.map_fn(preprocess, batch, back_prop=False,
-                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+                     fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
 
-def build_signatures(settings, top_k):
-    """Both serving signatures in the default graph, sharing one set of variables."""
+def build_signatures(settings, top_k, tta='none'):
+    """Both serving signatures in the default graph, sharing one set of variables; with
+    test-time augmentation `tta`, each averages over the views of its images."""
     size = settings['image_size']
     images = tf.placeholder(tf.string, [None], name='images')
     pixels = tf.placeholder(tf.float32, [None, None, None, 3], name='pixels')
-    from_bytes = _each(lambda b: data.preprocess_for_eval(data.decode_image(b), size),
-                       images, size)
-    from_pixels = _each(lambda p: data.preprocess_for_eval(p, size), pixels, size)
+    with tf.Graph().as_default():  # what one image becomes, its shape alone
+        shape = data.evaluation_input(tf.zeros([size, size, 3]), size, tta).shape.as_list()
+    from_bytes = _each(lambda b: data.evaluation_input(data.decode_image(b), size, tta),
+                       images, shape)
+    from_pixels = _each(lambda p: data.evaluation_input(p, size, tta), pixels, shape)
     predict = tf.saved_model.signature_def_utils.predict_signature_def
     return {BYTES_SIGNATURE: predict({'images': images},
                                      serving_outputs(from_bytes, settings, top_k)),
@@ -84,9 +88,10 @@ def check_target(out_dir):
         raise ExportError(problem)
 
 
-def export(checkpoint_dir, out_dir, which='latest', top_k=5):
+def export(checkpoint_dir, out_dir, which='latest', top_k=5, tta='none'):
     """Write the SavedModel of `checkpoint_dir`'s `which` checkpoint into `out_dir` (which must
-    not exist yet); returns the checkpoint exported. A failed export leaves nothing behind."""
+    not exist yet), its signatures with test-time augmentation `tta`; returns the checkpoint
+    exported. A failed export leaves nothing behind."""
     check_target(out_dir)
     settings, checkpoint = rundir.trained_model(checkpoint_dir, which)
     staging = out_dir.rstrip('/') + '.partial'
@@ -94,7 +99,7 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
     config = hardware.session_config()  # before the graph: its device listing is the quiet one
     try:
         with tf.Graph().as_default() as graph:
-            signatures = build_signatures(settings, top_k)
+            signatures = build_signatures(settings, top_k, tta)
             saver = tf.train.Saver(slim.get_model_variables())
             with tf.Session(graph=graph, config=config) as session:
                 rundir.restore(saver, session, checkpoint)
@@ -103,7 +108,9 @@ def export(checkpoint_dir, out_dir, which='latest', top_k=5):
                     session, [tf.saved_model.tag_constants.SERVING],
                     signature_def_map=signatures, strip_default_attrs=True)
                 builder.save()
-        rundir.save_settings(os.path.join(staging, EXTRA_DIR), settings)
+        # The checkpoint's record, and the test-time augmentation where the graph has one.
+        rundir.save_settings(os.path.join(staging, EXTRA_DIR), settings if tta == 'none' else
+                             dict(settings, tta=tta))
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(staging, out_dir)
@@ -133,6 +140,9 @@ def parse_args(argv=None):
                    help='a new directory, e.g. models/food/1 (TF Serving wants a version number)')
     rundir.add_checkpoint_flags(p)
     p.add_argument('--top-k', type=int, default=5, help='how many classes the outputs rank')
+    p.add_argument('--tta', choices=data.TTA_MODES, default='none',
+                   help='test-time augmentation in both signatures: the probabilities averaged '
+                        'over the central crop and its mirror image (flip), or over 10 crops')
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error('--top-k must be at least 1')
@@ -144,7 +154,8 @@ def main(argv=None):
     tf.get_logger().setLevel(logging.ERROR)
     tf.disable_eager_execution()
     try:
-        checkpoint = export(args.checkpoint_dir, args.out_dir, args.checkpoint, args.top_k)
+        checkpoint = export(args.checkpoint_dir, args.out_dir, args.checkpoint, args.top_k,
+                            args.tta)
     except (ExportError, rundir.SettingsError) as e:
         print('export.py: error: %s' % e, file=sys.stderr)
         return 2
@@ -152,8 +163,9 @@ def main(argv=None):
         print('export.py: error: cannot write %s: %s' % (args.out_dir, model.error_line(e)),
               file=sys.stderr)
         return 2
-    print('exported %s to %s (float32, as inference.py predicts by default)'
-          % (checkpoint, args.out_dir))
+    print('exported %s to %s (float32, as inference.py predicts by default%s)'
+          % (checkpoint, args.out_dir, '' if args.tta == 'none' else
+             '; test-time augmentation %s' % args.tta))
     return 0
 
 

@@ -22,8 +22,8 @@ import tf_slim as slim
 
 import cli
 import data
+import evaluate
 import export
-import model
 import rundir
 
 READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
@@ -42,6 +42,10 @@ def parse_args(argv=None):
                    help='images with more pixels (also once resized for the network) are '
                         'refused from their header, undecoded')
     p.add_argument('--json', action='store_true', help='print one JSON object per image')
+    p.add_argument('--tta', choices=data.TTA_MODES, default=None,
+                   help='test-time augmentation: the probabilities averaged over the central '
+                        'crop and its mirror image (flip), or over 10 crops (10crop) (default: '
+                        "none; a SavedModel's, the one it was exported with)")
     hardware.add_flags(p)
     args = p.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
@@ -107,17 +111,17 @@ def oriented(image, orientation):
 class Predictor:
     """A checkpoint directory loaded once: preprocess images, then predict them in batches."""
 
-    def __init__(self, checkpoint_dir, checkpoint='latest', precision='fp32', xla=False):
+    def __init__(self, checkpoint_dir, checkpoint='latest', precision='fp32', xla=False,
+                 tta='none'):
         settings, checkpoint = rundir.trained_model(checkpoint_dir, checkpoint)
-        self.settings, self.checkpoint = settings, checkpoint
-        size = settings['image_size']
+        self.settings, self.checkpoint, self.tta = settings, checkpoint, tta
         graph = tf.Graph()
         with graph.as_default():
             self._image = tf.placeholder(tf.uint8, [None, None, 3])
-            self._preprocessed = data.preprocess_for_eval(self._image, size)
-            self._batch = tf.placeholder(tf.float32, [None, size, size, 3])
-            logits, _ = model.classifier(self._batch, settings, is_training=False)
-            self._probabilities = tf.nn.softmax(logits)
+            # One image's network input, or its views with test-time augmentation.
+            self._preprocessed = data.evaluation_input(self._image, settings['image_size'], tta)
+            self._batch = tf.placeholder(tf.float32, [None] + self._preprocessed.shape.as_list())
+            self._probabilities = evaluate.class_probabilities(self._batch, settings)
             saver = tf.train.Saver(slim.get_model_variables())
             graph.finalize()
             # Inside the graph: a process that runs eagerly too (a notebook, Keras) restores
@@ -138,8 +142,14 @@ class Predictor:
 class SavedModelPredictor:
     """A SavedModel from export.py, used like a Predictor: its preprocessing is in its graph."""
 
-    def __init__(self, saved_model_dir, precision='fp32', xla=False):
+    def __init__(self, saved_model_dir, precision='fp32', xla=False, tta=None):
         self.settings = export.load_settings(saved_model_dir)
+        self.tta = self.settings.get('tta', 'none')
+        if tta not in (None, self.tta):
+            raise rundir.SettingsError(
+                'SavedModel %s was exported with --tta %s, which its graph does: export it again '
+                'with --tta %s, or predict from its checkpoint directory' % (
+                    saved_model_dir, self.tta, tta))
         self._session = tf.Session(graph=tf.Graph(),
                                    config=hardware.session_config(precision, xla))
         try:
@@ -226,9 +236,10 @@ def main(argv=None):
         return 2
     try:
         precision = hardware.resolve_precision(args.precision, training=False)
-        predictor = (SavedModelPredictor(args.saved_model, precision, args.xla)
+        predictor = (SavedModelPredictor(args.saved_model, precision, args.xla, args.tta)
                      if args.saved_model else
-                     Predictor(args.checkpoint_dir, args.checkpoint, precision, args.xla))
+                     Predictor(args.checkpoint_dir, args.checkpoint, precision, args.xla,
+                               args.tta or 'none'))
     except (rundir.SettingsError, hardware.HardwareError) as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2

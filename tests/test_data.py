@@ -227,6 +227,30 @@ def test_eval_preprocessing_is_the_central_crop_of_the_short_side_at_the_scaled_
     np.testing.assert_allclose(out[..., 2], 7, atol=1e-4)
 
 
+def test_tta_views_are_the_central_and_corner_crops_and_their_mirror_images():
+    # The ramp of the test above, landscape: resized to 57 x 137, 50-px crops at rows 0, 3 or 7
+    # and columns 0, 43 or 87; a mirror image reads its columns backwards.
+    height, width, size = 100, 240, 50
+    image = np.zeros([height, width, 3], np.uint8)
+    image[..., 0] = np.arange(width)[None, :]
+    image[..., 1] = np.arange(height)[:, None]
+    views = _run(data.eval_views(tf.constant(image), size, '10crop')) + data.MEANS
+    assert views.shape == (10, size, size, 3)
+    for i, (top, left) in enumerate([(3, 43), (0, 0), (0, 87), (7, 0), (7, 87)]):
+        rows = (np.arange(size) + top) * height / 57
+        columns = (np.arange(size) + left) * width / 137
+        for view, seen in ((views[i], columns), (views[5 + i], columns[::-1])):
+            np.testing.assert_allclose(view[..., 0], np.broadcast_to(seen, (size, size)),
+                                       atol=0.01)
+            np.testing.assert_allclose(view[..., 1], np.broadcast_to(rows[:, None],
+                                                                     (size, size)), atol=0.01)
+    flip = _run(data.eval_views(tf.constant(image), size, 'flip')) + data.MEANS
+    np.testing.assert_array_equal(flip, views[[0, 5]])
+    # Without augmentation, the one central crop that preprocess_for_eval gives.
+    np.testing.assert_array_equal(_run(data.evaluation_input(tf.constant(image), size)),
+                                  views[0] - data.MEANS)
+
+
 def _slim_preprocess_for_eval(image, output_size, resize_side):
     """tf-slim's vgg_preprocessing.preprocess_for_eval, ported line by line (its
     _aspect_preserving_resize, _central_crop and _mean_image_subtraction)."""

@@ -46,6 +46,21 @@ def saved_model(checkpoint_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_an_export_with_test_time_augmentation_predicts_as_the_checkpoint_with_it(
+        tmp_path, checkpoint_dir):
+    saved_model = str(tmp_path / 'export' / '1')
+    export.export(checkpoint_dir, saved_model, tta='flip')
+    images = [random_image(90, 60, seed=5), random_image(40, 70, seed=6)]
+    checkpoint = inference.Predictor(checkpoint_dir, tta='flip')
+    expected = checkpoint.probabilities([checkpoint.preprocess(i) for i in images])
+    exported = inference.SavedModelPredictor(saved_model)
+    assert exported.tta == 'flip' and exported.settings['tta'] == 'flip'
+    assert_same_probabilities(exported.probabilities(images), expected)
+    with pytest.raises(rundir.SettingsError, match='exported with --tta flip'):
+        inference.SavedModelPredictor(saved_model, tta='10crop')
+
+
+@pytest.mark.slow
 def test_saved_model_predicts_as_the_checkpoint(tmp_path, checkpoint_dir, saved_model):
     paths = image_files(str(tmp_path))  # JPEG (RGB, gray, CMYK), PNG (alpha, 16 bit), GIF, BMP
     images = [inference.read_rgb(p, 50e6) for p in paths] + [random_image(90, 60, seed=5)]

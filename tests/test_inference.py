@@ -9,7 +9,7 @@ import tensorflow.compat.v1 as tf
 import data
 import hardware
 import inference
-from conftest import bad_files, image_files, run_script
+from conftest import bad_files, image_files, random_image, run_script
 
 
 @pytest.fixture(scope='module')
@@ -27,6 +27,20 @@ def test_inference_input_equals_the_validation_pipeline_input(tmp_path, predicto
     for path, expected in zip(paths, validation_inputs):
         ours = predictor.preprocess(inference.read_rgb(path, 50e6))
         np.testing.assert_array_equal(ours, expected, err_msg=path)
+
+
+@pytest.mark.parametrize('tta', ['flip', '10crop'])
+def test_test_time_augmentation_averages_the_probabilities_of_the_views(
+        checkpoint_dir, tta, predictor):
+    image = random_image(70, 90, seed=4)
+    augmented = inference.Predictor(checkpoint_dir, tta=tta)
+    views = augmented.preprocess(image)
+    assert views.shape == ({'flip': 2, '10crop': 10}[tta], 32, 32, 3)
+    # Each view through the plain predictor, the probabilities averaged here.
+    expected = predictor.probabilities(list(views)).mean(axis=0)
+    got = augmented.probabilities([views])[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(np.log(got), np.log(expected), atol=1e-4)
 
 
 def test_top_k_orders_by_probability():
