@@ -37,6 +37,7 @@ import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
 import data
+import model
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def output(end_points, point, global_pool):
     vgg_19(start=point) takes."""
     if point == 'fc7' and global_pool:
         return end_points['global_pool']
-    return end_points['vgg_19/' + point]
+    return model.end_point(end_points, point)
 
 
 def weights_fingerprint(variables):

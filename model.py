@@ -126,6 +126,16 @@ def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
                 return net, end_points
 
 
+def end_point(end_points, name):
+    """The end point `name` ('pool5', 'conv5/conv5_4', ...) of a vgg_19 call's `end_points`.
+    As slim's, they are keyed by name scope, and a second network on the same variables (the
+    evaluation graph beside the training one) has its own: vgg_19_1/pool5."""
+    found = [tensor for key, tensor in end_points.items() if key.split('/', 1)[-1] == name]
+    if len(found) != 1:
+        raise KeyError('vgg_19 end point %s: %d of %s' % (name, len(found), sorted(end_points)))
+    return found[0]
+
+
 def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scope,
                      **explicit):
     """What slim.conv2d(net, num_outputs, [kernel, kernel], padding) computes, with its

@@ -360,3 +360,16 @@ def test_feature_cache_on_where_it_cannot_work_is_a_one_line_error(tmp_path, cap
     assert code == 2 and err[-1] == (
         'train.py: error: --feature-cache on: the layers below conv5 train, so nothing frozen '
         'is worth storing; use --feature-cache auto or off')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('trainable, point', [
+    ('vgg_19/fc6,vgg_19/fc7,vgg_19/fc8', 'pool5'),
+    ('vgg_19/conv5,vgg_19/fc6,vgg_19/fc7,vgg_19/fc8', 'pool4')])
+def test_each_boundary_below_the_head_trains_and_validates_from_stored_features(
+        tmp_path, photo_dataset, trainable, point):
+    # The evaluation network beside the training one names its end points vgg_19_1/...
+    err = _train(photo_dataset, str(tmp_path / 'run'), str(tmp_path / 'cache'),
+                 '--trainable-scopes', trainable, '--feature-cache', 'on', '--epochs', '1')
+    assert 'feature cache: on, from %s up' % point in err
+    assert 'feature cache: built 1 view of' in err and 'validation at step' in err
