@@ -27,6 +27,7 @@ import tf_slim as slim
 
 import cli
 import data
+import explain
 import model
 import rundir
 
@@ -365,6 +366,9 @@ def parse_args(argv=None):
                    help='confused pairs and misclassified files printed (all are in the CSVs)')
     p.add_argument('--json', action='store_true',
                    help='print the whole report as one JSON object instead of text')
+    p.add_argument('--explain', action='store_true',
+                   help='write the heat map of the predicted class (Grad-CAM) of each '
+                        'misclassified image into <output-dir>/explain/<its name>.png')
     p.add_argument('--curves', action='store_true',
                    help='only draw <checkpoint-dir>/curves.png from the training event files')
     hardware.add_flags(p)
@@ -412,6 +416,15 @@ def evaluate(args):
     write_outputs(result, output, step)
     log.info('wrote confusion_matrix.csv/.png, misclassified.csv, report.json and a TensorBoard '
              'image into %s', output)
+    if args.explain and result['misclassified']:
+        directory, taken = os.path.join(output, 'explain'), set()
+        os.makedirs(directory, exist_ok=True)
+        explainer = explain.Explainer(args.checkpoint_dir, checkpoint, precision, args.xla)
+        for wrong in result['misclassified']:
+            explainer.write(explain.read(wrong['image']),
+                            explain.picture_path(directory, wrong['image'], taken))
+        log.info('wrote the heat maps of %d misclassified images into %s',
+                 len(result['misclassified']), directory)
     return result
 
 

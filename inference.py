@@ -23,7 +23,9 @@ import tf_slim as slim
 import cli
 import data
 import evaluate
+import explain
 import export
+import model
 import rundir
 
 READABLE = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
@@ -46,10 +48,16 @@ def parse_args(argv=None):
                    help='test-time augmentation: the probabilities averaged over the central '
                         'crop and its mirror image (flip), or over 10 crops (10crop) (default: '
                         "none; a SavedModel's, the one it was exported with)")
+    p.add_argument('--explain', metavar='DIR',
+                   help='also write, for each image, DIR/<its name>.png: the heat map of its '
+                        'top class (Grad-CAM) over what the network saw')
     hardware.add_flags(p)
     args = p.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         p.error('--top-k and --batch-size must be at least 1')
+    if args.explain and args.saved_model:
+        p.error('--explain needs the model\'s checkpoint directory (--checkpoint-dir), not '
+                '--saved-model')
     if args.saved_model and (args.checkpoint_dir != rundir.DEFAULT_CHECKPOINT_DIR or
                              args.checkpoint != 'latest'):
         p.error('--saved-model replaces --checkpoint-dir and --checkpoint: give one or the other')
@@ -201,16 +209,19 @@ def report(path, predictions, error, as_json):
     sys.stdout.flush()
 
 
-def predict(predictor, paths, args):
-    """Predict every path, batch by batch; returns how many could not be used."""
-    failures = 0
+def predict(predictor, paths, args, explainer=None):
+    """Predict every path, batch by batch; returns how many could not be used. With an
+    `explainer` (explain.Explainer), each image's heat map is written into args.explain."""
+    failures, taken = 0, set()
     side = data.resize_side_range(predictor.settings['image_size'])[0]
     for start in range(0, len(paths), args.batch_size):
-        good, inputs = [], []
+        good, inputs, images = [], [], []
         for path in paths[start:start + args.batch_size]:
             try:
-                inputs.append(predictor.preprocess(read_rgb(path, args.max_pixels, side)))
+                image = read_rgb(path, args.max_pixels, side)
+                inputs.append(predictor.preprocess(image))
                 good.append(path)
+                images.append(image if explainer else None)
             except FileNotFoundError:
                 failures += 1
                 report(path, None, 'no such file', args.json)
@@ -221,6 +232,8 @@ def predict(predictor, paths, args):
         if good:
             for path, probabilities in zip(good, predictor.probabilities(inputs)):
                 report(path, top_k(probabilities, predictor.settings, args.top_k), None, args.json)
+        for path, image in zip(good, images) if explainer else ():
+            explainer.write(image, explain.picture_path(args.explain, path, taken))
     return failures
 
 
@@ -240,10 +253,21 @@ def main(argv=None):
                      if args.saved_model else
                      Predictor(args.checkpoint_dir, args.checkpoint, precision, args.xla,
                                args.tta or 'none'))
+        explainer = None
+        if args.explain:
+            os.makedirs(args.explain, exist_ok=True)
+            explainer = explain.Explainer(args.checkpoint_dir, args.checkpoint, precision,
+                                          args.xla)
+        failures = predict(predictor, paths, args, explainer)
     except (rundir.SettingsError, hardware.HardwareError) as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2
-    return 1 if predict(predictor, paths, args) else 0
+    except OSError as e:  # what predict lets through: --explain's writes
+        print('inference.py: error: cannot write --explain %s: %s' % (args.explain,
+                                                                      model.error_line(e)),
+              file=sys.stderr)
+        return 2
+    return 1 if failures else 0
 
 
 if __name__ == '__main__':

@@ -168,11 +168,15 @@ def test_evaluate_inference_and_the_saved_model_agree_with_default_flags(tmp_pat
         assert code == 0, err
         return out, err
     out, err = run('evaluate.py', '--checkpoint-dir', checkpoint_dir, '--dataset',
-                   photo_dataset, '--output-dir', str(tmp_path / 'eval'))
+                   photo_dataset, '--output-dir', str(tmp_path / 'eval'), '--explain')
     assert 'precision fp32: predictions are float32 on every machine' in err
     report = json.loads(out)
     wrong = {w['image']: (w['predicted'], w['probability']) for w in report['misclassified']}
     assert len(wrong) >= 3, report['top1']  # the random model gets most of them wrong
+    # A heat map of each misclassified image beside misclassified.csv, named after it (the
+    # crops of the three photos have the same names: 000.jpg ...).
+    assert len(os.listdir(tmp_path / 'eval' / 'explain')) == len(wrong)
+    assert os.path.isfile(tmp_path / 'eval' / 'misclassified.csv')
     for source in (['--checkpoint-dir', checkpoint_dir], ['--saved-model', saved_model]):
         lines = run('inference.py', *source, *sorted(wrong))[0].splitlines()
         for answer in map(json.loads, lines):

@@ -161,7 +161,7 @@ IMPORTS = """if True:
     import tf_slim
     before = (PIL.Image.MAX_IMAGE_PIXELS, os.environ.get('TF_XLA_FLAGS'), list(warnings.filters))
     import bench, data, evaluate, export, features, hardware, inference, model, parallel
-    import rundir, train
+    import explain, rundir, train
     after = (PIL.Image.MAX_IMAGE_PIXELS, os.environ.get('TF_XLA_FLAGS'), list(warnings.filters))
     print(before == after)
 """

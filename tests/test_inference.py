@@ -1,5 +1,6 @@
 """inference.py: the same input as validation, predictions, and every kind of bad file."""
 import json
+import os
 
 import numpy as np
 import PIL.Image
@@ -9,7 +10,7 @@ import tensorflow.compat.v1 as tf
 import data
 import hardware
 import inference
-from conftest import bad_files, image_files, random_image, run_script
+from conftest import bad_files, image_files, random_image, run_script, usage_error
 
 
 @pytest.fixture(scope='module')
@@ -103,3 +104,16 @@ def test_a_directory_without_a_model_is_a_one_line_error(tmp_path):
     assert rc == 2
     assert err.strip().splitlines()[-1].startswith('inference.py: error:')
     assert 'train one with train.py' in err
+
+
+@pytest.mark.slow
+def test_explain_writes_a_heat_map_named_after_each_image(tmp_path, checkpoint_dir, capsys):
+    good, _ = bad_files(str(tmp_path / 'in'))
+    other = str(tmp_path / 'in' / 'other.png')
+    PIL.Image.fromarray(random_image(40, 60, seed=9)).save(other)
+    code, out, err = run_script('inference.py', '--checkpoint-dir', checkpoint_dir, good, other,
+                                '--explain', str(tmp_path / 'maps'))
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / 'maps')) == ['good.png', 'other.png']
+    assert '--explain needs' in usage_error(inference.parse_args, [
+        good, '--saved-model', 'm', '--explain', 'd'], capsys)
