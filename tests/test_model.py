@@ -86,8 +86,11 @@ def test_fully_connected_layers_compute_what_slims_convolution_does(outputs, ker
         for name in ('weights', 'biases'):
             variables['ours/fc/' + name].load(session.run(variables['ref/fc/' + name]), session)
         a, b = session.run([(ours, gradients['ours']), (reference, gradients['ref'])])
+    # A wrong window or tap is off by the size of the values themselves. Float32 round-off is
+    # 1e-6 of them; once, in a full suite on the AMX Xeon, TensorFlow's convolution (oneDNN)
+    # was 1.6e-3 off, as bfloat16 inputs would be (not seen again in 7 runs of the test alone).
     for x, y in zip([a[0]] + a[1], [b[0]] + b[1]):
-        assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max()
+        assert np.abs(x - y).max() <= 1e-2 * np.abs(y).max()
 
 
 @pytest.mark.parametrize('size,expected', [(224, ('VALID', False)), (256, ('VALID', True)),
