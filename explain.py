@@ -13,7 +13,6 @@ import hardware  # first: it imports TensorFlow without the C++ start-up chatter
 import numpy as np
 import PIL.Image
 import tensorflow.compat.v1 as tf
-import tf_slim as slim
 
 import data
 import model
@@ -83,11 +82,8 @@ class Explainer:
             self._fetches = {'class': top[0], 'probability': tf.reduce_max(probabilities),
                              'cam': grad_cam(logits, end_points, top)[0],
                              'picture': data.to_viewable(inputs)[0]}
-            saver = tf.train.Saver(slim.get_model_variables())
-            graph.finalize()
-            self._session = tf.Session(graph=graph,
-                                       config=hardware.session_config(precision, xla))
-            rundir.restore(saver, self._session, checkpoint)
+            self._session = rundir.restored_session(
+                checkpoint, hardware.session_config(precision, xla))
 
     def explain(self, image):
         """RGB uint8 `image` [h, w, 3] -> {'class' (index), 'probability', 'cam' [h', w'],

@@ -18,7 +18,6 @@ import imageio.v3 as iio
 import numpy as np
 import PIL.Image
 import tensorflow.compat.v1 as tf
-import tf_slim as slim
 
 import cli
 import data
@@ -130,13 +129,8 @@ class Predictor:
             self._preprocessed = data.evaluation_input(self._image, settings['image_size'], tta)
             self._batch = tf.placeholder(tf.float32, [None] + self._preprocessed.shape.as_list())
             self._probabilities = evaluate.class_probabilities(self._batch, settings)
-            saver = tf.train.Saver(slim.get_model_variables())
-            graph.finalize()
-            # Inside the graph: a process that runs eagerly too (a notebook, Keras) restores
-            # through the session all the same.
-            self._session = tf.Session(graph=graph,
-                                       config=hardware.session_config(precision, xla))
-            rundir.restore(saver, self._session, checkpoint)
+            self._session = rundir.restored_session(
+                checkpoint, hardware.session_config(precision, xla))
 
     def preprocess(self, image):
         """RGB uint8 [h, w, 3] -> the network input, exactly as validation makes it."""

@@ -16,6 +16,7 @@ import re
 import shutil
 
 import tensorflow.compat.v1 as tf
+import tf_slim as slim
 
 import data
 import model
@@ -186,6 +187,19 @@ def trained_model(checkpoint_dir, which='latest'):
                                 'the model in %s, or --checkpoint latest or best'
                                 % (checkpoint, problem[1], checkpoint_dir))
     return settings, checkpoint
+
+
+def restored_session(checkpoint, config):
+    """A session (with `config`) on the default graph, finalized here, its model variables
+    restored from `checkpoint`: what a trained model predicts in."""
+    saver = tf.train.Saver(slim.get_model_variables())
+    graph = tf.get_default_graph()
+    graph.finalize()
+    # Inside the graph: a process that runs eagerly too (a notebook, Keras) restores through
+    # the session all the same.
+    session = tf.Session(graph=graph, config=config)
+    restore(saver, session, checkpoint)
+    return session
 
 
 def restore(saver, session, checkpoint):
