@@ -619,21 +619,33 @@ def perceptual_hash(image):
                                                      PIL.Image.BILINEAR), np.float64)
     dct = _dct_matrix(HASH_SIDE)
     low = (dct @ thumbnail @ dct.T)[:8, :8].ravel()[1:]
-    return int(''.join('1' if v > np.median(low) else '0' for v in low), 2)
+    median = np.median(low)
+    return int(''.join('1' if v > median else '0' for v in low), 2)
+
+
+def rgb_of(image):
+    """A Pillow image as RGB; a 16-bit grayscale one by its high byte, as TensorFlow's decoder
+    reads it in training (Pillow's own conversion would clip it to white)."""
+    if image.mode.startswith('I;16'):
+        gray = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+        return PIL.Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
+    return image.convert('RGB')
 
 
 def _look(path):
     """(width, height, EXIF orientation, pHash, pHash of the mirror image) of the image in
-    `path`, or None when Pillow cannot read it."""
+    `path`, or None when Pillow cannot read it or it is too large to decode (size_problem)."""
     try:
         with PIL.Image.open(path) as image:
             width, height = image.size
+            if size_problem(width, height):
+                return None
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             image.draft('RGB', (4 * HASH_SIDE, 4 * HASH_SIDE))  # a JPEG decodes at 1/2-1/8
-            image = image.convert('RGB')
+            image = rgb_of(image)
             return (width, height, orientation, perceptual_hash(image),
                     perceptual_hash(image.transpose(PIL.Image.FLIP_LEFT_RIGHT)))
-    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
+    except Exception:  # whatever a damaged file makes Pillow raise: the decode check names it
         return None
 
 
@@ -642,17 +654,18 @@ def _where(a, b, split):
     return 'across the split' if len(kinds) > 1 else 'within ' + kinds.pop()
 
 
-def near_copies(hashes, mirrored, threshold=NEAR_COPY_BITS):
+def near_copies(hashes, mirrored, threshold=NEAR_COPY_BITS, rows=None):
     """[(i, j, bits)] of the pairs i < j whose hashes (ints: each image's, and its mirror
     image's) differ in at most `threshold` bits, either way round."""
     h = np.array(hashes, np.uint64)
     m = np.array(mirrored, np.uint64)
     pairs = []
-    rows = max(1, 2 ** 22 // max(len(h), 1))  # a block of rows x all: 32 MB of distances
+    rows = rows or max(1, 2 ** 22 // max(len(h), 1))  # a block of rows x all: 32 MB of bits
     for start in range(0, len(h), rows):
         block = slice(start, start + rows)
-        bits = np.minimum(np.bitwise_count(h[block, None] ^ h[None, :]),
-                          np.bitwise_count(m[block, None] ^ h[None, :]))
+        bits = np.minimum(np.minimum(np.bitwise_count(h[block, None] ^ h[None, :]),
+                                     np.bitwise_count(m[block, None] ^ h[None, :])),
+                          np.bitwise_count(h[block, None] ^ m[None, :]))
         for i, j in zip(*np.nonzero(bits <= threshold)):
             if start + i < j:
                 pairs.append((int(start + i), int(j), int(bits[i, j])))
@@ -666,8 +679,11 @@ def audit(dataset, image_size=224, threshold=NEAR_COPY_BITS):
     images whose short side is under `image_size`, and EXIF-rotated files."""
     split = {p: 'training' for p in dataset.train.paths}
     split.update((p, 'validation') for p in dataset.validation.paths)
+    # A file listed in both (Food-101's lists can be edited so) is its own copy across them.
+    in_both = sorted(set(dataset.train.paths) & set(dataset.validation.paths))
     paths = list(split)
-    unreadable, digests = check_images(paths)
+    too_large = find_oversized(paths)  # from the headers: never decoded, by either reader
+    unreadable, digests = check_images([p for p in paths if p not in too_large])
     with limits_of_our_own(), concurrent.futures.ThreadPoolExecutor(8) as pool:
         looks = dict(zip(paths, pool.map(_look, paths)))
     groups = collections.defaultdict(list)
@@ -693,8 +709,11 @@ def audit(dataset, image_size=224, threshold=NEAR_COPY_BITS):
         'classes': counts,
         'imbalance': max(training) / max(min(training), 1) if training else None,
         'unreadable': sorted(unreadable),
-        'exact_copies': [{'images': sorted(group), 'where': _where(
-            min(group, key=split.get), max(group, key=split.get), split)} for group in exact],
+        'too_large': [{'image': p, 'why': why} for p, why in sorted(too_large.items())],
+        'exact_copies': [{'images': [p, p], 'where': 'across the split'} for p in in_both] + [
+            {'images': sorted(group),
+             'where': _where(min(group, key=split.get), max(group, key=split.get), split)}
+            for group in exact],
         'near_copies': near, 'near_copy_bits': threshold,
         'small': [{'image': p, 'width': looks[p][0], 'height': looks[p][1]} for p in hashed
                   if min(looks[p][:2]) < image_size],
@@ -732,6 +751,8 @@ def audit_report(found, shown=5):
     section('EXIF-rotated (training reads them as stored, not as shown)',
             found['exif_rotated'], lambda r: '%s (orientation %d)' % (r['image'], r['orientation']))
     section('unreadable', found['unreadable'], str)
+    section('too large to decode', found['too_large'], lambda t: '%s (%s)' % (t['image'],
+                                                                              t['why']))
     return lines
 
 
@@ -760,7 +781,7 @@ def main(argv=None):
     try:
         found = audit(load_dataset(args.dataset, args.val_fraction, args.seed), args.image_size,
                       args.near_copy_bits)
-    except DatasetError as e:
+    except (DatasetError, ValueError) as e:  # ValueError: a --val-fraction the split refuses
         print('data.py: error: %s' % e, file=sys.stderr)
         return 2
     print(json.dumps(found, indent=1) if args.json else '\n'.join(audit_report(found)))

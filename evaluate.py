@@ -416,16 +416,23 @@ def evaluate(args):
     write_outputs(result, output, step)
     log.info('wrote confusion_matrix.csv/.png, misclassified.csv, report.json and a TensorBoard '
              'image into %s', output)
-    if args.explain and result['misclassified']:
-        directory, taken = os.path.join(output, 'explain'), set()
-        os.makedirs(directory, exist_ok=True)
-        explainer = explain.Explainer(args.checkpoint_dir, checkpoint, precision, args.xla)
-        for wrong in result['misclassified']:
-            explainer.write(explain.read(wrong['image']),
-                            explain.picture_path(directory, wrong['image'], taken))
-        log.info('wrote the heat maps of %d misclassified images into %s',
-                 len(result['misclassified']), directory)
+    result['output_dir'] = output
     return result
+
+
+def explain_mistakes(args, result):
+    """The Grad-CAM picture of each misclassified image of `result`, for the class it was taken
+    for, into <output-dir>/explain/ (evaluate.py --explain)."""
+    directory, taken = os.path.join(result['output_dir'], 'explain'), set()
+    os.makedirs(directory, exist_ok=True)
+    explainer = explain.Explainer(args.checkpoint_dir, result['checkpoint'], result['precision'],
+                                  args.xla)
+    for wrong in result['misclassified']:
+        explainer.write(explainer.preprocess(explain.read(wrong['image'])),
+                        explain.picture_path(directory, wrong['image'], taken),
+                        explainer.settings['class_ids'].index(wrong['predicted']))
+    log.info('wrote the heat maps of %d misclassified images into %s',
+             len(result['misclassified']), directory)
 
 
 def _step(checkpoint):
@@ -458,6 +465,13 @@ def main(argv=None):
         return 130
     print(json.dumps(result, ensure_ascii=False) if args.json else format_report(result,
                                                                                  args.show))
+    if args.explain and result['misclassified']:
+        sys.stdout.flush()
+        try:
+            explain_mistakes(args, result)
+        except (OSError, ValueError, rundir.SettingsError) as e:
+            print('evaluate.py: error: --explain: %s' % model.error_line(e), file=sys.stderr)
+            return 2
     return 0
 
 

@@ -58,41 +58,57 @@ def picture_path(directory, image_path, taken):
     return os.path.join(directory, name)
 
 
-def read(path):
+def read(path, max_pixels=data.MAX_PIXELS):
     """The RGB uint8 pixels of the image in `path` as training decodes them (Pillow gives the same
-    pixels as TensorFlow's decoders; no EXIF rotation, as in training)."""
-    with PIL.Image.open(path) as image:
-        return np.asarray(image.convert('RGB'))
+    pixels as TensorFlow's decoders; no EXIF rotation, as in training); ValueError for an image
+    too large to decode (data.size_problem, from its header)."""
+    with data.limits_of_our_own(), PIL.Image.open(path) as image:
+        problem = data.size_problem(*image.size, max_pixels)
+        if problem:
+            raise ValueError(problem)
+        return np.asarray(data.rgb_of(image))
 
 
 class Explainer:
-    """A checkpoint directory's model loaded once, answering for one picture at a time what it
-    is (the top class) and where the network found it (Grad-CAM)."""
+    """A checkpoint directory's model loaded once, answering for one picture at a time where
+    the network found a class (the top one, or the one asked about): Grad-CAM."""
 
     def __init__(self, checkpoint_dir, checkpoint='latest', precision='fp32', xla=False):
         settings, checkpoint = rundir.trained_model(checkpoint_dir, checkpoint)
         self.settings = settings
+        size = settings['image_size']
         graph = tf.Graph()
         with graph.as_default():
             self._image = tf.placeholder(tf.uint8, [None, None, 3])
-            inputs = data.preprocess_for_eval(self._image, settings['image_size'])[None]
-            logits, end_points = model.classifier(inputs, settings, is_training=False)
-            probabilities = tf.nn.softmax(logits)
-            top = tf.argmax(logits, 1, output_type=tf.int32)
-            self._fetches = {'class': top[0], 'probability': tf.reduce_max(probabilities),
-                             'cam': grad_cam(logits, end_points, top)[0],
-                             'picture': data.to_viewable(inputs)[0]}
+            self._preprocessed = data.preprocess_for_eval(self._image, size)
+            self._input = tf.placeholder(tf.float32, [size, size, 3])
+            logits, end_points = model.classifier(self._input[None], settings,
+                                                  is_training=False)
+            self._class = tf.placeholder_with_default(
+                tf.argmax(logits, 1, output_type=tf.int32), [1])
+            self._fetches = {'class': self._class[0],
+                             'probability': tf.nn.softmax(logits)[0, self._class[0]],
+                             'cam': grad_cam(logits, end_points, self._class)[0],
+                             'picture': data.to_viewable(self._input)}
             self._session = rundir.restored_session(
                 checkpoint, hardware.session_config(precision, xla))
 
-    def explain(self, image):
-        """RGB uint8 `image` [h, w, 3] -> {'class' (index), 'probability', 'cam' [h', w'],
-        'picture' (the network's view, RGB uint8)}."""
-        return self._session.run(self._fetches, {self._image: image})
+    def preprocess(self, image):
+        """RGB uint8 [h, w, 3] -> the network input, the central crop of evaluation."""
+        return self._session.run(self._preprocessed, {self._image: image})
 
-    def write(self, image, path):
-        """The heat map of `image`'s top class over what the network saw, as a PNG at `path`;
-        returns explain's answer."""
-        found = self.explain(image)
+    def explain(self, network_input, class_index=None):
+        """A network input [size, size, 3] (preprocess, or a Predictor's) -> {'class' (index:
+        `class_index`, or else the top class), 'probability' (of it), 'cam' [h, w] (its
+        Grad-CAM), 'picture' (the input as RGB uint8)}."""
+        feed = {self._input: network_input}
+        if class_index is not None:
+            feed[self._class] = [class_index]
+        return self._session.run(self._fetches, feed)
+
+    def write(self, network_input, path, class_index=None):
+        """The heat map of explain's class over the picture, as a PNG at `path`; returns
+        explain's answer."""
+        found = self.explain(network_input, class_index)
         overlay(found['picture'], found['cam']).save(path)
         return found

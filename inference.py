@@ -90,11 +90,8 @@ def read_rgb(path, max_pixels, resize_side=0):
             if problem:
                 raise ValueError(problem.replace('the limit of', '--max-pixels'))
             orientation = header.getexif().get(EXIF_ORIENTATION, 1)
-            if header.mode.startswith('I;16'):
-                # 16-bit grayscale: keep the high byte, as TensorFlow's decoder does in
-                # training (Pillow's own conversion to RGB would clip it to white).
-                gray = (np.asarray(header).astype(np.uint32) >> 8).astype(np.uint8)
-                image = np.repeat(gray[..., None], 3, axis=2)
+            if header.mode.startswith('I;16'):  # as training reads it: data.rgb_of
+                image = np.asarray(data.rgb_of(header))
         if image is None:
             image = iio.imread(path, plugin='pillow', index=0, mode='RGB')
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
@@ -209,13 +206,11 @@ def predict(predictor, paths, args, explainer=None):
     failures, taken = 0, set()
     side = data.resize_side_range(predictor.settings['image_size'])[0]
     for start in range(0, len(paths), args.batch_size):
-        good, inputs, images = [], [], []
+        good, inputs = [], []
         for path in paths[start:start + args.batch_size]:
             try:
-                image = read_rgb(path, args.max_pixels, side)
-                inputs.append(predictor.preprocess(image))
+                inputs.append(predictor.preprocess(read_rgb(path, args.max_pixels, side)))
                 good.append(path)
-                images.append(image if explainer else None)
             except FileNotFoundError:
                 failures += 1
                 report(path, None, 'no such file', args.json)
@@ -224,10 +219,13 @@ def predict(predictor, paths, args, explainer=None):
                 message = str(e).splitlines()[0] if str(e) else type(e).__name__
                 report(path, None, 'cannot read image: %s' % message, args.json)
         if good:
-            for path, probabilities in zip(good, predictor.probabilities(inputs)):
+            for path, network_input, probabilities in zip(good, inputs,
+                                                          predictor.probabilities(inputs)):
                 report(path, top_k(probabilities, predictor.settings, args.top_k), None, args.json)
-        for path, image in zip(good, images) if explainer else ():
-            explainer.write(image, explain.picture_path(args.explain, path, taken))
+                if explainer:  # the class printed first; of the central crop (views[0])
+                    explainer.write(network_input if predictor.tta == 'none' else
+                                    network_input[0], explain.picture_path(
+                                        args.explain, path, taken), int(probabilities.argmax()))
     return failures
 
 
@@ -247,19 +245,18 @@ def main(argv=None):
                      if args.saved_model else
                      Predictor(args.checkpoint_dir, args.checkpoint, precision, args.xla,
                                args.tta or 'none'))
-        explainer = None
-        if args.explain:
-            os.makedirs(args.explain, exist_ok=True)
-            explainer = explain.Explainer(args.checkpoint_dir, args.checkpoint, precision,
-                                          args.xla)
-        failures = predict(predictor, paths, args, explainer)
+        explainer = args.explain and explain.Explainer(args.checkpoint_dir, args.checkpoint,
+                                                       precision, args.xla)
     except (rundir.SettingsError, hardware.HardwareError) as e:
         print('inference.py: error: %s' % e, file=sys.stderr)
         return 2
+    try:
+        if explainer:
+            os.makedirs(args.explain, exist_ok=True)
+        failures = predict(predictor, paths, args, explainer)
     except OSError as e:  # what predict lets through: --explain's writes
-        print('inference.py: error: cannot write --explain %s: %s' % (args.explain,
-                                                                      model.error_line(e)),
-              file=sys.stderr)
+        print('inference.py: error: cannot write into --explain %s: %s' % (
+            args.explain, model.error_line(e)), file=sys.stderr)
         return 2
     return 1 if failures else 0
 

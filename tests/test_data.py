@@ -514,3 +514,50 @@ def test_the_audit_command_prints_json_and_refuses_a_missing_dataset_in_one_line
     assert 'cuInit' not in err and 'Traceback' not in err
     code, out, err = run_script('data.py', 'audit', '--dataset', str(tmp_path / 'nothing'))
     assert code == 2 and err.count('\n') == 1 and err.startswith('data.py: error: dataset')
+
+
+def test_near_copies_in_blocks_are_every_pair_within_the_threshold_either_way_round():
+    rng = np.random.default_rng(3)
+    hashes = [int(h) for h in rng.integers(0, 2 ** 63, 40, dtype=np.uint64)]
+    mirrored = [int(h) for h in rng.integers(0, 2 ** 63, 40, dtype=np.uint64)]
+    hashes[7] = hashes[3] ^ 0b101  # 2 bits from 3
+    mirrored[30] = hashes[12] ^ 0b1  # 30's mirror image is 1 bit from 12
+    mirrored[5] = hashes[21]  # 5's mirror image is 21
+    expected = []
+    for i in range(40):
+        for j in range(i + 1, 40):
+            bits = min(bin(hashes[i] ^ hashes[j]).count('1'),
+                       bin(mirrored[i] ^ hashes[j]).count('1'),
+                       bin(hashes[i] ^ mirrored[j]).count('1'))
+            if bits <= 10:
+                expected.append((i, j, bits))
+    assert {(3, 7, 2), (12, 30, 1), (5, 21, 0)} <= set(expected)
+    for rows in (None, 1, 3, 7):
+        assert data.near_copies(hashes, mirrored, 10, rows=rows) == expected
+
+
+def test_the_audit_reads_16_bit_images_skips_huge_ones_and_lists_a_file_in_both_splits(
+        tmp_path):
+    import skimage.data
+    gray = np.asarray(skimage.data.camera(), np.uint16) * 257  # 16 bits: 0..65535
+    deep = str(tmp_path / 'deep.png')
+    PIL.Image.fromarray(gray).save(deep)
+    eight = str(tmp_path / 'eight.png')
+    PIL.Image.fromarray((gray >> 8).astype(np.uint8)).save(eight)
+    look_deep, look_eight = data._look(deep), data._look(eight)
+    assert look_deep[3:] == look_eight[3:]  # the same picture, not a white one
+    other = str(tmp_path / 'other.png')
+    PIL.Image.fromarray(np.asarray(skimage.data.coins(), np.uint16) * 257).save(other)
+    assert bin(data._look(other)[3] ^ look_deep[3]).count('1') > data.NEAR_COPY_BITS
+    # Too large to decode (60 M pixels, a few KB of PNG): never decoded, by either reader.
+    huge = str(tmp_path / 'huge.png')
+    PIL.Image.new('1', (10000, 6000)).save(huge)
+    assert data._look(huge) is None
+    dataset = data.Dataset(str(tmp_path), 'test', ['x', 'y'], ['x', 'y'],
+                           data.Split([deep, other, huge], [0, 1, 1]),
+                           data.Split([deep, eight], [0, 0]))
+    found = data.audit(dataset, image_size=32)
+    assert [t['image'] for t in found['too_large']] == [huge] and not found['unreadable']
+    assert {'images': [deep, deep], 'where': 'across the split'} in found['exact_copies']
+    near = [sorted(c['images']) for c in found['near_copies']]
+    assert sorted([deep, eight]) in near and not any(other in pair for pair in near)

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import PIL.Image
+import pytest
 import tensorflow.compat.v1 as tf
 import tf_slim as slim
 
@@ -62,13 +63,21 @@ def test_an_explainer_writes_the_heat_map_over_what_the_network_saw(checkpoint_d
     explainer = explain.Explainer(checkpoint_dir)
     image = random_image(70, 90, seed=2)
     path = str(tmp_path / 'photo.png')
-    found = explainer.write(image, path)
     predictor = inference.Predictor(checkpoint_dir)
     view = predictor.preprocess(image)
+    np.testing.assert_array_equal(explainer.preprocess(image), view)
+    found = explainer.write(view, path)
     np.testing.assert_allclose(found['picture'], np.clip(view + data.MEANS, 0, 255), atol=1)
-    assert found['class'] == predictor.probabilities([view])[0].argmax()
+    probabilities = predictor.probabilities([view])[0]
+    assert found['class'] == probabilities.argmax()
+    assert found['probability'] == pytest.approx(probabilities.max(), abs=1e-5)
     assert found['cam'].shape == (2, 2)  # conv5 of a 32-px input
     assert 0 <= found['cam'].min() and found['cam'].max() <= 1
+    # Asked about another class (evaluate.py --explain: the one a mistake took it for).
+    other = int(probabilities.argmin())
+    asked = explainer.explain(view, other)
+    assert asked['class'] == other
+    assert asked['probability'] == pytest.approx(probabilities[other], abs=1e-5)
     with PIL.Image.open(path) as picture:
         assert picture.size == (explain.PICTURE_SIDE, explain.PICTURE_SIDE)
 
