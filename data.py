@@ -330,8 +330,10 @@ def preprocess_for_eval(image, image_size):
     return eval_views(image, image_size, 'none')[0]
 
 
-# Test-time augmentation: the views of an image whose predictions evaluation averages.
-TTA_MODES = ('none', 'flip', '10crop')
+# Test-time augmentation: the views of an image whose predictions evaluation averages, by mode:
+# how many eval_views makes (a test holds the two together).
+TTA_VIEWS = {'none': 1, 'flip': 2, '10crop': 10}
+TTA_MODES = tuple(TTA_VIEWS)
 
 
 def eval_views(image, image_size, tta='none'):
@@ -418,7 +420,10 @@ def views_pipeline(split, image_size, batch_size):
 def eval_pipeline(split, image_size, batch_size, tta='none'):
     """One pass over every example of `split` (lists, or tensors), in order, as batches of
     (images, labels, paths); the last partial batch included. With test-time augmentation
-    `tta`, each image is its eval_views: [batch, views, size, size, 3]."""
+    `tta`, each image is its eval_views, [batch, views, size, size, 3], and `batch_size` counts
+    the views: a batch holds batch_size // views images (one at least), the memory of a batch
+    of `batch_size` network inputs."""
+    batch_size = max(1, batch_size // TTA_VIEWS[tta])
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels))
     # The path travels with its image, so a report can name the files it got wrong.
     ds = ds.map(lambda path, label: (evaluation_input(

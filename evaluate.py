@@ -355,7 +355,8 @@ def parse_args(argv=None):
     p.add_argument('--dataset', default=None,
                    help='dataset root (default: the one the model was trained on)')
     p.add_argument('--split', choices=('validation', 'train'), default='validation')
-    p.add_argument('--batch-size', type=int, default=128, help='images per batch')
+    p.add_argument('--batch-size', type=int, default=128,
+                   help='network inputs per batch: images, or with --tta their views')
     p.add_argument('--tta', choices=data.TTA_MODES, default='none',
                    help='test-time augmentation: the probabilities averaged over the central '
                         'crop and its mirror image (flip), or over 10 crops (10crop)')

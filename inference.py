@@ -38,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument('--saved-model', metavar='DIR',
                    help='predict with a SavedModel from export.py instead of a checkpoint')
     p.add_argument('--top-k', type=int, default=5, help='how many classes to print per image')
-    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--batch-size', type=int, default=32,
+                   help='network inputs per batch: images, or with --tta their views')
     p.add_argument('--max-pixels', type=float, default=data.MAX_PIXELS,
                    help='images with more pixels (also once resized for the network) are '
                         'refused from their header, undecoded')
@@ -205,9 +206,11 @@ def predict(predictor, paths, args, explainer=None):
     `explainer` (explain.Explainer), each image's heat map is written into args.explain."""
     failures, taken = 0, set()
     side = data.resize_side_range(predictor.settings['image_size'])[0]
-    for start in range(0, len(paths), args.batch_size):
+    # --batch-size counts network inputs: with test-time augmentation, each image's views.
+    images = max(1, args.batch_size // data.TTA_VIEWS[predictor.tta])
+    for start in range(0, len(paths), images):
         good, inputs = [], []
-        for path in paths[start:start + args.batch_size]:
+        for path in paths[start:start + images]:
             try:
                 inputs.append(predictor.preprocess(read_rgb(path, args.max_pixels, side)))
                 good.append(path)

@@ -249,6 +249,16 @@ def test_tta_views_are_the_central_and_corner_crops_and_their_mirror_images():
     # Without augmentation, the one central crop that preprocess_for_eval gives.
     np.testing.assert_array_equal(_run(data.evaluation_input(tf.constant(image), size)),
                                   views[0] - data.MEANS)
+    for tta, count in data.TTA_VIEWS.items():  # the count that batches are sized by
+        assert data.eval_views(tf.constant(image), size, tta).shape[0] == count
+
+
+def test_with_tta_an_eval_batch_holds_as_many_network_inputs_as_without(photo_dataset):
+    split = data.load_dataset(photo_dataset).validation  # 6 images
+    for tta, images in (('none', 4), ('flip', 2), ('10crop', 1)):
+        batch, _, _ = tf.data.make_one_shot_iterator(
+            data.eval_pipeline(split, 32, 4, tta)).get_next()
+        assert _run(batch).shape[0] == images, tta
 
 
 def _slim_preprocess_for_eval(image, output_size, resize_side):
