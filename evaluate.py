@@ -426,8 +426,8 @@ def explain_mistakes(args, result):
     for, into <output-dir>/explain/ (evaluate.py --explain)."""
     directory, taken = os.path.join(result['output_dir'], 'explain'), set()
     os.makedirs(directory, exist_ok=True)
-    explainer = explain.Explainer(args.checkpoint_dir, result['checkpoint'], result['precision'],
-                                  args.xla)
+    explainer = explain.Explainer(rundir.load_settings(args.checkpoint_dir), result['checkpoint'],
+                                  result['precision'], args.xla)
     for wrong in result['misclassified']:
         explainer.write(explainer.preprocess(explain.read(wrong['image'])),
                         explain.picture_path(directory, wrong['image'], taken),

@@ -70,11 +70,11 @@ def read(path, max_pixels=data.MAX_PIXELS):
 
 
 class Explainer:
-    """A checkpoint directory's model loaded once, answering for one picture at a time where
-    the network found a class (the top one, or the one asked about): Grad-CAM."""
+    """A trained model loaded once, answering for one picture at a time where the network found
+    a class (the top one, or the one asked about): Grad-CAM. `settings` and `checkpoint` are what
+    rundir.trained_model gave the caller, already looked up and checked."""
 
-    def __init__(self, checkpoint_dir, checkpoint='latest', precision='fp32', xla=False):
-        settings, checkpoint = rundir.trained_model(checkpoint_dir, checkpoint)
+    def __init__(self, settings, checkpoint, precision='fp32', xla=False):
         self.settings = settings
         size = settings['image_size']
         graph = tf.Graph()

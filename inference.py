@@ -248,7 +248,7 @@ def main(argv=None):
                      if args.saved_model else
                      Predictor(args.checkpoint_dir, args.checkpoint, precision, args.xla,
                                args.tta or 'none'))
-        explainer = args.explain and explain.Explainer(args.checkpoint_dir, args.checkpoint,
+        explainer = args.explain and explain.Explainer(predictor.settings, predictor.checkpoint,
                                                        precision, args.xla)
     except (rundir.SettingsError, hardware.HardwareError) as e:
         print('inference.py: error: %s' % e, file=sys.stderr)

@@ -11,6 +11,7 @@ import tf_slim as slim
 import data
 import explain
 import inference
+import rundir
 from conftest import random_image
 
 QUADRANTS = [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -60,7 +61,7 @@ def test_the_heat_map_peaks_where_a_trained_model_found_the_evidence():
 
 
 def test_an_explainer_writes_the_heat_map_over_what_the_network_saw(checkpoint_dir, tmp_path):
-    explainer = explain.Explainer(checkpoint_dir)
+    explainer = explain.Explainer(*rundir.trained_model(checkpoint_dir))
     image = random_image(70, 90, seed=2)
     path = str(tmp_path / 'photo.png')
     predictor = inference.Predictor(checkpoint_dir)
