@@ -20,17 +20,19 @@ features: the frozen weights themselves (a digest of their values in the session
 and preprocessing, the precision, dropout where the prefix holds it (fc6's, for the fc7
 boundary), the number of views, and each training file's path, size, modification time and
 label. Runs that differ in anything else (learning rate, epochs, optimizer, label smoothing,
-checkpoint directory) reuse it. It is written in shards, each renamed into place whole and then
-listed in index.json with its record count and CRC-32, so a killed build resumes at the first
-missing shard, a shard that does not read back at its listed size and checksum is built again,
-and nothing half-written or corrupted is read.
+checkpoint directory) reuse it. It is written in shards of TFRecords, each renamed into place
+whole and then listed in index.json with its record count, so a killed build resumes at the first
+missing shard and a shard cut short is built again. Each record carries its CRC-32C, which
+tf.data checks as it reads: a record whose bytes changed on disk is never trained on. The run
+stops there in one line, the corrupted shards removed, and the next run builds them again. So a
+start checks the shards' sizes alone, whatever the cache weighs.
 """
 import hashlib
 import json
 import logging
 import os
+import contextlib
 import time
-import zlib
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -47,6 +49,7 @@ LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 BOUNDARY_BELOW = {'conv5': 'pool4', 'fc6': 'pool5', 'fc7': 'pool5', 'fc8': 'fc7'}
 SHARD_IMAGES = 256  # image views per shard file: what a killed build loses at most
 INDEX_FILE = 'index.json'
+FORMAT = 'tfrecord'  # in the key: a cache of another record format is another cache
 SHUFFLE_BYTES = 256 << 20  # the shuffle buffer of stored features, at most
 
 
@@ -151,7 +154,7 @@ def cache_dir(root, key):
 
 def shard_name(view, shard):
     """The file name of a view's shard."""
-    return 'view%d-%05d.rec' % (view, shard)
+    return 'view%d-%05d.tfrecord' % (view, shard)
 
 
 def shard_files(directory, views, num_images):
@@ -182,32 +185,52 @@ def _write_index(directory, index):
     os.replace(path + '.tmp', path)
 
 
-def _reads_back(path, listed, record_bytes):
-    """Whether the shard at `path` is what the index lists of it ({'records', 'crc32'}): its
-    size, then its checksum (bytes changed by a disk or a copy, the size kept)."""
-    if not isinstance(listed, dict):  # not listed, or by a version without checksums
-        return False
-    try:
-        if os.path.getsize(path) != listed['records'] * record_bytes:
-            return False
-        crc = 0
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(16 << 20), b''):
-                crc = zlib.crc32(block, crc)
-    except OSError:
-        return False
-    return crc == listed['crc32']
+def record_bytes(shape):
+    """Bytes a record takes in a shard: its floats, framed as a TFRecord (the length and the
+    data, each followed by its CRC-32C)."""
+    return 4 * record_floats(shape) + 16
 
 
 def missing_shards(directory, key, views, num_images):
-    """The (view, shard) pairs still to build: not listed in the index, or not reading back as
-    listed (size and CRC-32), so a shard cut short or corrupted is built again, never read."""
+    """The (view, shard) pairs still to build: not listed in the index, or not of the size it
+    lists, so a shard cut short is built again, never read (bytes changed in place are caught
+    by the records' checksums as they are read: see `drop_corrupted`)."""
     index = read_index(directory)
     listed = index['shards'] if index and index.get('key') == key else {}
-    record_bytes = 4 * record_floats(key['shape'])
-    return [(v, s) for v, files in enumerate(shard_files(directory, views, num_images))
-            for s, path in enumerate(files)
-            if not _reads_back(path, listed.get(os.path.basename(path)), record_bytes)]
+    size = record_bytes(key['shape'])
+    missing = []
+    for v, files in enumerate(shard_files(directory, views, num_images)):
+        for s, path in enumerate(files):
+            entry = listed.get(os.path.basename(path))
+            try:
+                whole = isinstance(entry, dict) and os.path.getsize(path) == entry['records'] * size
+            except OSError:
+                whole = False
+            if not whole:
+                missing.append((v, s))
+    return missing
+
+
+def drop_corrupted(directory):
+    """Reads every shard the index of `directory` lists, and removes those with a record whose
+    checksum fails (from the index, then from the disk); returns their paths."""
+    index = read_index(directory) or {'shards': {}}
+    bad = []
+    for name in sorted(index['shards']):
+        path = os.path.join(directory, name)
+        try:
+            for _ in tf.io.tf_record_iterator(path):
+                pass
+        except (tf.errors.DataLossError, tf.errors.NotFoundError):
+            bad.append(path)
+    if bad:
+        for path in bad:
+            del index['shards'][os.path.basename(path)]
+        _write_index(directory, index)
+        for path in bad:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    return bad
 
 
 def build(directory, key, split, views, run_shard):
@@ -240,13 +263,12 @@ def build(directory, key, split, views, run_shard):
         records[:, 0] = labels
         records[:, 1:] = features.reshape(len(labels), records.shape[1] - 1)
         path = os.path.join(directory, shard_name(v, s))
-        content = records.tobytes()
         try:  # whole or not at all: the index lists a shard only once it is in place
-            with open(path + '.tmp', 'wb') as f:
-                f.write(content)
+            with tf.io.TFRecordWriter(path + '.tmp') as writer:
+                for record in records:
+                    writer.write(record.tobytes())
             os.replace(path + '.tmp', path)
-            index['shards'][shard_name(v, s)] = {'records': len(labels),
-                                                 'crc32': zlib.crc32(content)}
+            index['shards'][shard_name(v, s)] = {'records': len(labels)}
             _write_index(directory, index)
         except OSError as e:
             raise _unwritable(directory, e)
@@ -274,10 +296,9 @@ def pipeline(files, shape, batch_size, num_images, seed=None):
     def epoch(e):  # shuffled within the epoch, so that it holds each image once
         order = None if seed is None else seed * 1000003 + e  # a new order every epoch
         shards = tf.data.Dataset.from_tensor_slices(files[e % views]).shuffle(1 << 16, order)
-        records = shards.interleave(lambda f: tf.data.FixedLengthRecordDataset(f, 4 * floats),
-                                    cycle_length=4)
+        records = shards.interleave(tf.data.TFRecordDataset, cycle_length=4)
         return records.shuffle(buffer, order)
-    ds = tf.data.Dataset.range(1 << 62).flat_map(epoch)
+    ds = tf.data.Dataset.range(1 << 62).flat_map(data.as_written(epoch))
     return _decoded(ds.batch(batch_size, drop_remainder=True), shape, batch_size)
 
 
@@ -285,8 +306,7 @@ def in_order(files, shape, batch_size):
     """One pass over the shard files `files` (a string vector fed at the iterator's
     initializer), in order, as batches of (features, int32 labels); the last partial batch
     included: validation's stored evaluation view."""
-    ds = tf.data.Dataset.from_tensor_slices(files).flat_map(
-        lambda f: tf.data.FixedLengthRecordDataset(f, 4 * record_floats(shape)))
+    ds = tf.data.Dataset.from_tensor_slices(files).flat_map(tf.data.TFRecordDataset)
     return _decoded(ds.batch(batch_size), shape, -1)
 
 
@@ -297,8 +317,8 @@ def _decoded(batches, shape, batch_size):
             shape)])
         return (tf.reshape(values[:, 1:], [batch_size] + list(shape)),
                 tf.cast(values[:, 0], tf.int32))
-    return data.bounded_close(
-        batches.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+    batches = batches.map(data.as_written(decode), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.bounded_close(batches.prefetch(tf.data.AUTOTUNE))
 
 
 class Cache:
@@ -330,13 +350,14 @@ class Cache:
         self._eval_prefix = output(network(eval_images, False), point, global_pool)
         self._frozen = weights_fingerprint([v for v in slim.get_model_variables()
                                             if layer_of(v.op.name) in frozen_layers(point)])
-        self._key = dict(key, boundary=point, shape=self.shape, views=views)
+        self._key = dict(key, boundary=point, shape=self.shape, views=views, format=FORMAT)
         self._files = tf.placeholder(tf.string, [None, None], name='feature_files')
         self._stored = tf.data.make_initializable_iterator(
             pipeline(self._files, self.shape, batch_size, len(self.split.paths), seed=seed))
         self.features, self.labels = self._stored.get_next()
         self._eval_files = tf.placeholder(tf.string, [None], name='validation_feature_files')
         self._eval_feed = {}  # the shard files, once fill knows where they are
+        self._directories = []  # the training cache's and validation's, once fill has them
 
     def validation_batches(self, batch_size):
         """(features, labels, initializer, feed): one pass over the validation split's stored
@@ -387,9 +408,26 @@ class Cache:
             directory, 1, len(self.validation.paths))[0]
         return first[0] if first else None
 
+    @contextlib.contextmanager
+    def dropping_corrupted(self):
+        """Turns a record that fails its checksum as it is read (bytes changed on disk) into a
+        CacheError naming the shards that hold one, removed so that the next run builds them
+        again."""
+        try:
+            yield
+        except tf.errors.DataLossError:
+            bad = [path for directory in self._directories for path in drop_corrupted(directory)]
+            if not bad:
+                raise
+            raise CacheError('the feature cache changed on disk since it was written (%s): '
+                             'removed; run the same command again to build %s again and resume '
+                             'from the last checkpoint' % (', '.join(bad), 'it' if len(bad) == 1
+                                                           else 'them')) from None
+
     def _stored_in(self, key, split, views, run_shard):
         """The directory of `key`'s cache, built first where it lacks shards."""
         directory = cache_dir(self.root, key)
+        self._directories.append(directory)
         built = build(directory, key, split, views, run_shard)
         log.info('feature cache: %s %d view%s of %d %s images from %s (%s per view), in %s',
                  'built' if built else 'reused', views, 's' if views > 1 else '',

@@ -916,8 +916,10 @@ def _train(args, extra_hooks):
                                                global_step, extra_hooks)
     session = open_session(args, machine, run, scaffold, hooks, chief_hooks)
 
-    # The loop: each step runs the update of the stage that the step is in.
-    with session:
+    # The loop: each step runs the update of the stage that the step is in. A stored feature
+    # that fails its checksum as it is read ends the run in one line (features.py).
+    with source.cache.dropping_corrupted() if source.cache else contextlib.nullcontext(), \
+            session:
         step, stage = session.run_step_fn(
             lambda step_context: step_context.session.run(global_step)), None
         if source.cache:  # the views it builds are what the network is fed: their summary

@@ -184,28 +184,47 @@ def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_agai
     os.remove(os.path.join(directory, features.shard_name(1, 2)))
     assert features.missing_shards(directory, key, views, 10) == [(0, 1), (1, 2)]
     assert features.build(directory, key, split, views, run_shard) == 4 + 2
-    # A shard whose bytes changed but not its size: its checksum tells.
+    # A shard whose bytes changed but not its size: whole by its size, but the changed record
+    # fails its checksum as it is read, after the one before it came through intact.
     path = os.path.join(directory, features.shard_name(1, 0))
-    with open(path, 'r+b') as f:
-        f.seek(8)
-        byte = f.read(1)
-        f.seek(8)
-        f.write(bytes([byte[0] ^ 1]))
+    _flip_a_byte(path, features.record_bytes(key['shape']))
+    assert features.missing_shards(directory, key, views, 10) == []
+    with tf.Graph().as_default():
+        files = tf.placeholder(tf.string, [None])
+        iterator = tf.data.make_initializable_iterator(features.in_order(files, [1, 1, 2], 1))
+        stored, _ = iterator.get_next()
+        with tf.Session() as session:
+            session.run(iterator.initializer, {files: [path]})
+            assert session.run(stored).ravel().tolist() == [1, 0]  # view 1, image 0
+            with pytest.raises(tf.errors.DataLossError):
+                session.run(stored)
+    # drop_corrupted finds it and removes it, and only it; the next build makes it again.
+    assert features.drop_corrupted(directory) == [path] and not os.path.exists(path)
     assert features.missing_shards(directory, key, views, 10) == [(1, 0)]
     assert features.build(directory, key, split, views, run_shard) == 4
-    assert features.missing_shards(directory, key, views, 10) == []
+    assert features.drop_corrupted(directory) == []
     # An index of another key describes other features: everything is built again.
     assert len(features.missing_shards(directory, dict(key, boundary='pool5'), views, 10)) == 6
 
 
-def _train(dataset, out, cache, *flags):
+def _flip_a_byte(path, record_bytes):
+    """Changes a byte of the second record's data in the shard at `path` (a TFRecord: 8 bytes
+    of length and 4 of its checksum before the data), its size kept."""
+    with open(path, 'r+b') as f:
+        f.seek(record_bytes + 12 + 4)
+        byte = f.read(1)
+        f.seek(record_bytes + 12 + 4)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def _train(dataset, out, cache, *flags, code=0):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', dataset,
          '--checkpoint-dir', out, '--cache-dir', cache, '--pretrained', 'none', '--image-size',
          '32', '--batch-size', '8', '--epochs', '2', '--trainable-scopes', 'vgg_19/fc8',
          '--validate-every', '0', '--cache-views', '2'] + list(flags),
         capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == code, result.stderr[-3000:]
     return result.stderr
 
 
@@ -226,11 +245,24 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     # The whole model is in the checkpoints, the frozen layers included.
     reader = tf.train.load_checkpoint(str(tmp_path / 'b'))
     assert reader.get_tensor('vgg_19/conv1/conv1_1/weights').shape == (3, 3, 3, 64)
+    # A stored record changed on disk: one line naming its shard, which is removed, then the
+    # same command builds it again and resumes.
+    stored = [os.path.join(cache, d) for d in os.listdir(cache)
+              if os.path.exists(os.path.join(cache, d, features.shard_name(1, 0)))]
+    shard = os.path.join(stored[0], features.shard_name(1, 0))
+    _flip_a_byte(shard, features.record_bytes([1, 1, 4096]))
+    err = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6', code=2)
+    assert err.strip().splitlines()[-1] == (
+        'train.py: error: the feature cache changed on disk since it was written (%s): removed; '
+        'run the same command again to build it again and resume from the last checkpoint'
+        % shard)
+    again = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6')
+    assert 'feature cache: building 1 of 2 shards' in again and 'resuming from' in again
     # A file that changed: a new cache.
     victim = os.path.join(dataset, sorted(os.listdir(dataset))[0])
     victim = os.path.join(victim, sorted(os.listdir(victim))[0])
     os.utime(victim, (1, 1))
-    third = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6')
+    third = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '8')
     assert third.count('feature cache: built') == 1  # of the split that holds the file
     assert len(os.listdir(cache)) == 3
     # --feature-cache off: no cache, the images themselves.
