@@ -32,6 +32,14 @@ def _squares(count, rng, side=32):
 def test_the_heat_map_peaks_where_a_trained_model_found_the_evidence():
     # A small network of the kind Grad-CAM explains (convolutions, then a classifier on their
     # pooled output), trained to tell a square from noise wherever the square is.
+    # At Adam's 1e-2 it stayed at chance from 3 of 48 random starts; at 3e-3 none of 60 did.
+    # The seed makes the start the same on every run.
+    with tf.Graph().as_default():
+        tf.set_random_seed(0)
+        _train_and_explain_squares()
+
+
+def _train_and_explain_squares():
     rng = np.random.default_rng(0)
     images = tf.placeholder(tf.float32, [None, 32, 32, 3])
     labels = tf.placeholder(tf.int32, [None])
@@ -41,7 +49,7 @@ def test_the_heat_map_peaks_where_a_trained_model_found_the_evidence():
         logits = slim.fully_connected(tf.reduce_mean(last, [1, 2]), 2, activation_fn=None,
                                       scope='logits')
     loss = tf.losses.sparse_softmax_cross_entropy(labels, logits)
-    step = tf.train.AdamOptimizer(1e-2).minimize(loss)
+    step = tf.train.AdamOptimizer(3e-3).minimize(loss)
     cam = explain.grad_cam(logits, {'net/conv2': last}, labels, layer='conv2')
     with tf.Session() as session:
         session.run(tf.global_variables_initializer())
