@@ -6,10 +6,13 @@ train.py runs it once over `--cache-views` augmented views of each training imag
 crop and flip, as every step would), stores what comes out at the boundary, and trains the rest
 of the graph, the same ops, from the stored features:
 
-    trainable layers from   boundary (what is stored)      per view, at 224 px
-    fc8                     fc7's output (after global_pool below 224 px)    16 KB
-    fc6 or fc7              pool5                                           100 KB
-    conv5                   pool4                                           400 KB
+    trainable layers from   boundary (what is stored)                   per view, at 224 px
+    fc8                     fc7's output (global-pooled below 224 px)   16 KB
+    fc6 or fc7              pool5                                       100 KB
+    conv5                   pool4                                       400 KB
+
+Those are float32's sizes. bf16 and fp16 runs store half: their 16-bit type, the one that the
+first layer above the boundary casts its input to anyway (STORED_AS).
 
 Epoch e reads view e % views of every image, shuffled. Validation's view is always the same
 (evaluate.py's central crop, no dropout), so it is stored once too, in a cache of its own, and
@@ -50,6 +53,10 @@ BOUNDARY_BELOW = {'conv5': 'pool4', 'fc6': 'pool5', 'fc7': 'pool5', 'fc8': 'fc7'
 SHARD_IMAGES = 256  # image views per shard file: what a killed build loses at most
 INDEX_FILE = 'index.json'
 FORMAT = 'tfrecord'  # in the key: a cache of another record format is another cache
+LABEL_BYTES = 4  # a record: the label (int32), then the features
+# What the features are stored as under each precision: the 16-bit type that the layer above
+# the boundary casts its input to anyway in bf16 and fp16 (half the disk of float32).
+STORED_AS = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 SHUFFLE_BYTES = 256 << 20  # the shuffle buffer of stored features, at most
 
 
@@ -164,11 +171,6 @@ def shard_files(directory, views, num_images):
             for v in range(views)]
 
 
-def record_floats(shape):
-    """Floats a record holds: the label, then the features."""
-    return 1 + int(np.prod(shape))
-
-
 def read_index(directory):
     """The cache's index.json (its key and each finished shard's record count), or None."""
     try:
@@ -185,10 +187,15 @@ def _write_index(directory, index):
     os.replace(path + '.tmp', path)
 
 
-def record_bytes(shape):
-    """Bytes a record takes in a shard: its floats, framed as a TFRecord (the length and the
+def payload_bytes(shape, dtype):
+    """Bytes a record holds: the label (int32, little-endian), then the features as `dtype`."""
+    return LABEL_BYTES + int(np.prod(shape)) * tf.as_dtype(dtype).size
+
+
+def record_bytes(shape, dtype):
+    """Bytes a record takes in a shard: its payload framed as a TFRecord (the length and the
     data, each followed by its CRC-32C)."""
-    return 4 * record_floats(shape) + 16
+    return payload_bytes(shape, dtype) + 16
 
 
 def missing_shards(directory, key, views, num_images):
@@ -197,7 +204,7 @@ def missing_shards(directory, key, views, num_images):
     by the records' checksums as they are read: see `drop_corrupted`)."""
     index = read_index(directory)
     listed = index['shards'] if index and index.get('key') == key else {}
-    size = record_bytes(key['shape'])
+    size = record_bytes(key['shape'], key['dtype'])
     missing = []
     for v, files in enumerate(shard_files(directory, views, num_images)):
         for s, path in enumerate(files):
@@ -240,7 +247,7 @@ def build(directory, key, split, views, run_shard):
     `run_shard(view, paths, labels)` runs the prefix over those images, augmented afresh for
     each view, and returns (features, labels) arrays.
     """
-    shape = key['shape']
+    shape, stored_as = key['shape'], tf.as_dtype(key['dtype']).as_numpy_dtype
     todo = missing_shards(directory, key, views, len(split.paths))
     if not todo:
         return 0
@@ -259,14 +266,13 @@ def build(directory, key, split, views, run_shard):
     for n, (v, s) in enumerate(todo):
         chunk = slice(s * SHARD_IMAGES, (s + 1) * SHARD_IMAGES)
         features, labels = run_shard(v, split.paths[chunk], split.labels[chunk])
-        records = np.empty([len(labels), record_floats(shape)], np.float32)
-        records[:, 0] = labels
-        records[:, 1:] = features.reshape(len(labels), records.shape[1] - 1)
+        heads = np.asarray(labels, '<i4')
+        stored = features.reshape(len(labels), int(np.prod(shape))).astype(stored_as)
         path = os.path.join(directory, shard_name(v, s))
         try:  # whole or not at all: the index lists a shard only once it is in place
             with tf.io.TFRecordWriter(path + '.tmp') as writer:
-                for record in records:
-                    writer.write(record.tobytes())
+                for head, record in zip(heads, stored):
+                    writer.write(head.tobytes() + record.tobytes())
             os.replace(path + '.tmp', path)
             index['shards'][shard_name(v, s)] = {'records': len(labels)}
             _write_index(directory, index)
@@ -285,13 +291,12 @@ def _unwritable(directory, error):
                       '--cache-dir, or --feature-cache off' % (directory, error.strerror or error))
 
 
-def pipeline(files, shape, batch_size, num_images, seed=None):
+def pipeline(files, shape, dtype, batch_size, num_images, seed=None):
     """Endless shuffled batches of (features, int32 labels) from the shard files `files`, a
     [views, shards] string tensor fed at the iterator's initializer: epoch e reads view
     e % views, its shards in a new order and the records shuffled."""
-    floats = record_floats(shape)
     views = tf.shape(files, out_type=tf.int64)[0]
-    buffer = min(num_images, max(8 * batch_size, SHUFFLE_BYTES // (4 * floats)))
+    buffer = min(num_images, max(8 * batch_size, SHUFFLE_BYTES // payload_bytes(shape, dtype)))
 
     def epoch(e):  # shuffled within the epoch, so that it holds each image once
         order = None if seed is None else seed * 1000003 + e  # a new order every epoch
@@ -299,24 +304,26 @@ def pipeline(files, shape, batch_size, num_images, seed=None):
         records = shards.interleave(tf.data.TFRecordDataset, cycle_length=4)
         return records.shuffle(buffer, order)
     ds = tf.data.Dataset.range(1 << 62).flat_map(data.as_written(epoch))
-    return _decoded(ds.batch(batch_size, drop_remainder=True), shape, batch_size)
+    return _decoded(ds.batch(batch_size, drop_remainder=True), shape, dtype, batch_size)
 
 
-def in_order(files, shape, batch_size):
+def in_order(files, shape, dtype, batch_size):
     """One pass over the shard files `files` (a string vector fed at the iterator's
     initializer), in order, as batches of (features, int32 labels); the last partial batch
     included: validation's stored evaluation view."""
     ds = tf.data.Dataset.from_tensor_slices(files).flat_map(tf.data.TFRecordDataset)
-    return _decoded(ds.batch(batch_size), shape, -1)
+    return _decoded(ds.batch(batch_size), shape, dtype, -1)
 
 
-def _decoded(batches, shape, batch_size):
-    """Batches of records as (features, labels), `batch_size` rows (-1: as they come)."""
+def _decoded(batches, shape, dtype, batch_size):
+    """Batches of records as (float32 features, int32 labels), `batch_size` rows (-1: as they
+    come)."""
     def decode(records):
-        values = tf.reshape(tf.io.decode_raw(records, tf.float32), [batch_size, record_floats(
-            shape)])
-        return (tf.reshape(values[:, 1:], [batch_size] + list(shape)),
-                tf.cast(values[:, 0], tf.int32))
+        labels = tf.io.decode_raw(tf.strings.substr(records, 0, LABEL_BYTES), tf.int32)
+        values = tf.io.decode_raw(tf.strings.substr(
+            records, LABEL_BYTES, payload_bytes(shape, dtype) - LABEL_BYTES), dtype)
+        return (tf.reshape(tf.cast(values, tf.float32), [batch_size] + list(shape)),
+                tf.reshape(labels, [batch_size]))
     batches = batches.map(data.as_written(decode), num_parallel_calls=tf.data.AUTOTUNE)
     return data.bounded_close(batches.prefetch(tf.data.AUTOTUNE))
 
@@ -350,10 +357,13 @@ class Cache:
         self._eval_prefix = output(network(eval_images, False), point, global_pool)
         self._frozen = weights_fingerprint([v for v in slim.get_model_variables()
                                             if layer_of(v.op.name) in frozen_layers(point)])
-        self._key = dict(key, boundary=point, shape=self.shape, views=views, format=FORMAT)
+        self.dtype = STORED_AS[key['precision']]
+        self._key = dict(key, boundary=point, shape=self.shape, dtype=self.dtype, views=views,
+                         format=FORMAT)
         self._files = tf.placeholder(tf.string, [None, None], name='feature_files')
         self._stored = tf.data.make_initializable_iterator(
-            pipeline(self._files, self.shape, batch_size, len(self.split.paths), seed=seed))
+            pipeline(self._files, self.shape, self.dtype, batch_size, len(self.split.paths),
+                     seed=seed))
         self.features, self.labels = self._stored.get_next()
         self._eval_files = tf.placeholder(tf.string, [None], name='validation_feature_files')
         self._eval_feed = {}  # the shard files, once fill knows where they are
@@ -363,7 +373,7 @@ class Cache:
         """(features, labels, initializer, feed): one pass over the validation split's stored
         features per run of `initializer` with `feed` (which `fill` completes)."""
         iterator = tf.data.make_initializable_iterator(in_order(
-            self._eval_files, self.shape, batch_size))
+            self._eval_files, self.shape, self.dtype, batch_size))
         stored, labels = iterator.get_next()
         return stored, labels, iterator.initializer, self._eval_feed
 

@@ -137,13 +137,13 @@ def _split(count):
 def test_each_epoch_reads_every_image_once_in_its_own_view(tmp_path, monkeypatch):
     monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
     split, views = _split(10), 2
-    key = {'shape': [1, 1, 2], 'boundary': 'fc7'}
+    key = {'shape': [1, 1, 2], 'dtype': 'float32', 'boundary': 'fc7'}
     run_shard, calls = _fake_prefix(split)
     assert features.build(str(tmp_path), key, split, views, run_shard) == 20
     with tf.Graph().as_default():
         files = tf.placeholder(tf.string, [None, None])
         iterator = tf.data.make_initializable_iterator(
-            features.pipeline(files, [1, 1, 2], batch_size=1, num_images=10, seed=1))
+            features.pipeline(files, [1, 1, 2], 'float32', batch_size=1, num_images=10, seed=1))
         stored, labels = iterator.get_next()
         with tf.Session() as session:
             shards = features.shard_files(str(tmp_path), views, 10)
@@ -163,7 +163,7 @@ def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_agai
         tmp_path, monkeypatch):
     monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
     split, views, directory = _split(10), 2, str(tmp_path)
-    key = {'shape': [1, 1, 2], 'boundary': 'fc7'}
+    key = {'shape': [1, 1, 2], 'dtype': 'float32', 'boundary': 'fc7'}
     run_shard, calls = _fake_prefix(split)
 
     def killed_at_the_fourth(view, paths, labels):
@@ -187,11 +187,11 @@ def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_agai
     # A shard whose bytes changed but not its size: whole by its size, but the changed record
     # fails its checksum as it is read, after the one before it came through intact.
     path = os.path.join(directory, features.shard_name(1, 0))
-    _flip_a_byte(path, features.record_bytes(key['shape']))
+    _flip_a_byte(path, features.record_bytes(key['shape'], key['dtype']))
     assert features.missing_shards(directory, key, views, 10) == []
     with tf.Graph().as_default():
         files = tf.placeholder(tf.string, [None])
-        iterator = tf.data.make_initializable_iterator(features.in_order(files, [1, 1, 2], 1))
+        iterator = tf.data.make_initializable_iterator(features.in_order(files, [1, 1, 2], 'float32', 1))
         stored, _ = iterator.get_next()
         with tf.Session() as session:
             session.run(iterator.initializer, {files: [path]})
@@ -205,6 +205,29 @@ def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_agai
     assert features.drop_corrupted(directory) == []
     # An index of another key describes other features: everything is built again.
     assert len(features.missing_shards(directory, dict(key, boundary='pool5'), views, 10)) == 6
+
+
+@pytest.mark.parametrize('dtype, size', [('float32', 4), ('bfloat16', 2), ('float16', 2)])
+def test_features_read_back_as_stored_in_their_type_and_labels_exactly(tmp_path, dtype, size):
+    # Labels that neither 16-bit type holds, and features that each rounds.
+    split = data.Split(['/images/a.jpg', '/images/b.jpg', '/images/c.jpg'], [1001, 70001, 3])
+    values = np.random.RandomState(0).normal(0, 1000, [3, 1, 1, 5]).astype(np.float32)
+    key = {'shape': [1, 1, 5], 'dtype': dtype, 'boundary': 'fc7'}
+    assert features.build(str(tmp_path), key, split, 1, lambda view, paths, labels: (
+        values[:len(paths)], np.array(labels))) == 3
+    [[path]] = features.shard_files(str(tmp_path), 1, 3)
+    assert os.path.getsize(path) == 3 * (16 + 4 + 5 * size)
+    with tf.Graph().as_default():
+        files = tf.placeholder(tf.string, [None])
+        iterator = tf.data.make_initializable_iterator(features.in_order(files, [1, 1, 5], dtype,
+                                                                          8))
+        with tf.Session() as session:
+            session.run(iterator.initializer, {files: [path]})
+            got, labels = session.run(iterator.get_next())
+    np.testing.assert_array_equal(labels, split.labels)
+    expected = values.astype(tf.as_dtype(dtype).as_numpy_dtype).astype(np.float32)
+    np.testing.assert_array_equal(got, expected)
+    assert dtype == 'float32' or not np.array_equal(got, values)  # 16 bits round
 
 
 def _flip_a_byte(path, record_bytes):
@@ -249,8 +272,10 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     # same command builds it again and resumes.
     stored = [os.path.join(cache, d) for d in os.listdir(cache)
               if os.path.exists(os.path.join(cache, d, features.shard_name(1, 0)))]
-    shard = os.path.join(stored[0], features.shard_name(1, 0))
-    _flip_a_byte(shard, features.record_bytes([1, 1, 4096]))
+    shard, key = (os.path.join(stored[0], features.shard_name(1, 0)),
+                  features.read_index(stored[0])['key'])
+    assert key['dtype'] == features.STORED_AS[key['precision']]  # bfloat16 where auto is bf16
+    _flip_a_byte(shard, features.record_bytes(key['shape'], key['dtype']))
     err = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6', code=2)
     assert err.strip().splitlines()[-1] == (
         'train.py: error: the feature cache changed on disk since it was written (%s): removed; '
@@ -348,7 +373,8 @@ def test_validation_from_its_stored_features_predicts_what_it_does_from_the_imag
         return model.classifier(images, settings, is_training=is_training, init='he',
                                 reuse=None if is_training else True)[1]
     cache = features.Cache(dataset.train, dataset.validation, 'fc7', network,
-                           settings['global_pool'], {}, 32, 4, 8, 1, str(tmp_path))
+                           settings['global_pool'], {'precision': 'fp32'}, 32, 4, 8, 1,
+                           str(tmp_path))
     stored, labels, initializer, feed = cache.validation_batches(5)
     from_cache = evaluate.on(stored, labels, settings, initializer, feed, reuse=True,
                              start='fc7')
@@ -369,7 +395,7 @@ def test_validation_from_its_stored_features_predicts_what_it_does_from_the_imag
 def test_a_shard_whose_images_all_failed_is_complete_and_an_unwritable_cache_is_one_line(
         tmp_path, monkeypatch):
     monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
-    split, key = _split(4), {'shape': [1, 1, 2], 'boundary': 'fc7'}
+    split, key = _split(4), {'shape': [1, 1, 2], 'dtype': 'float32', 'boundary': 'fc7'}
 
     def nothing_decoded(view, paths, labels):
         return np.zeros([0, 1, 1, 2], np.float32), np.zeros([0], np.int64)
