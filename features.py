@@ -30,11 +30,11 @@ tf.data checks as it reads: a record whose bytes changed on disk is never traine
 stops there in one line, the corrupted shards removed, and the next run builds them again. So a
 start checks the shards' sizes alone, whatever the cache weighs.
 """
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import contextlib
 import time
 
 import numpy as np
@@ -276,7 +276,9 @@ def build(directory, key, split, views, run_shard):
             os.replace(path + '.tmp', path)
             index['shards'][shard_name(v, s)] = {'records': len(labels)}
             _write_index(directory, index)
-        except OSError as e:
+        except (OSError, tf.errors.OpError) as e:  # TensorFlow's writer raises its own errors
+            with contextlib.suppress(OSError):
+                os.remove(path + '.tmp')
             raise _unwritable(directory, e)
         done_images, read = done_images + len(labels), read + len(split.paths[chunk])
         rate = read / max(time.time() - started, 1e-9)
@@ -287,8 +289,9 @@ def build(directory, key, split, views, run_shard):
 
 
 def _unwritable(directory, error):
+    why = getattr(error, 'strerror', None) or getattr(error, 'message', None) or error
     return CacheError('cannot write the feature cache in %s (%s): free disk space, pass another '
-                      '--cache-dir, or --feature-cache off' % (directory, error.strerror or error))
+                      '--cache-dir, or --feature-cache off' % (directory, why))
 
 
 def pipeline(files, shape, dtype, batch_size, num_images, seed=None):
@@ -426,13 +429,15 @@ class Cache:
         try:
             yield
         except tf.errors.DataLossError:
+            log.info('feature cache: a record did not read back whole; checking each shard in %s',
+                     ', '.join(self._directories) or 'none')
             bad = [path for directory in self._directories for path in drop_corrupted(directory)]
             if not bad:
                 raise
             raise CacheError('the feature cache changed on disk since it was written (%s): '
-                             'removed; run the same command again to build %s again and resume '
-                             'from the last checkpoint' % (', '.join(bad), 'it' if len(bad) == 1
-                                                           else 'them')) from None
+                             'removed; run the same command again to resume from the last '
+                             'checkpoint (it builds what it needs again)' % ', '.join(bad)
+                             ) from None
 
     def _stored_in(self, key, split, views, run_shard):
         """The directory of `key`'s cache, built first where it lacks shards."""

@@ -937,10 +937,11 @@ def _train(args, extra_hooks):
                         log.info('%s stage from step %d', now, step)
                         stage = now
                     step = session.run(stages.train_ops[stage], {learning_rate: rate})
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, tf.errors.DataLossError):
             if not machine.chief:
                 raise
-            # Keep the steps since the last periodic checkpoint: save now, outside the hooks.
+            # Keep the steps since the last periodic checkpoint: save now, outside the hooks (a
+            # stored record that failed its checksum stopped the step before its update ran).
             path = session.run_step_fn(lambda step_context: scaffold.saver.save(
                 step_context.session, os.path.join(args.checkpoint_dir,
                                                    rundir.CHECKPOINT_PREFIX),

@@ -417,9 +417,10 @@ def test_no_pipeline_keeps_the_thread_that_made_the_end_of_a_run_wait():
     # 11 s in five of nine runs (TensorFlow 2.21, 2026-12-02), 0.2 s without it.
     import features
     split = data.Split(tf.constant(['a.jpg']), tf.constant([0], tf.int64))
-    files = tf.constant([['v0.rec']])
+    files = tf.constant([['view0-00000.tfrecord']])
     for ds in (data.train_pipeline(split, 32, 2), data.views_pipeline(split, 32, 2),
-               data.eval_pipeline(split, 32, 2), features.pipeline(files, [1, 1, 8], 'float32', 2, 4)):
+               data.eval_pipeline(split, 32, 2),
+               features.pipeline(files, [1, 1, 8], 'float32', 2, 4)):
         assert ds.options().autotune.enabled is False
 
 

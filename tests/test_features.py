@@ -1,6 +1,7 @@
 """features.py: the frozen prefix stored once per view, the head trained from what is stored."""
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_agai
     assert features.missing_shards(directory, key, views, 10) == []
     with tf.Graph().as_default():
         files = tf.placeholder(tf.string, [None])
-        iterator = tf.data.make_initializable_iterator(features.in_order(files, [1, 1, 2], 'float32', 1))
+        iterator = tf.data.make_initializable_iterator(
+            features.in_order(files, [1, 1, 2], 'float32', 1))
         stored, _ = iterator.get_next()
         with tf.Session() as session:
             session.run(iterator.initializer, {files: [path]})
@@ -219,8 +221,8 @@ def test_features_read_back_as_stored_in_their_type_and_labels_exactly(tmp_path,
     assert os.path.getsize(path) == 3 * (16 + 4 + 5 * size)
     with tf.Graph().as_default():
         files = tf.placeholder(tf.string, [None])
-        iterator = tf.data.make_initializable_iterator(features.in_order(files, [1, 1, 5], dtype,
-                                                                          8))
+        iterator = tf.data.make_initializable_iterator(
+            features.in_order(files, [1, 1, 5], dtype, 8))
         with tf.Session() as session:
             session.run(iterator.initializer, {files: [path]})
             got, labels = session.run(iterator.get_next())
@@ -279,10 +281,12 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     err = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6', code=2)
     assert err.strip().splitlines()[-1] == (
         'train.py: error: the feature cache changed on disk since it was written (%s): removed; '
-        'run the same command again to build it again and resume from the last checkpoint'
-        % shard)
-    again = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6')
-    assert 'feature cache: building 1 of 2 shards' in again and 'resuming from' in again
+        'run the same command again to resume from the last checkpoint (it builds what it '
+        'needs again)' % shard)
+    saved = re.search(r'saved (\S+)', err).group(1)  # the steps whose records read back whole
+    again = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '6', '--feature-cache', 'on')
+    assert 'feature cache: building 1 of 2 shards' in again
+    assert 'resuming from %s' % saved in again
     # A file that changed: a new cache.
     victim = os.path.join(dataset, sorted(os.listdir(dataset))[0])
     victim = os.path.join(victim, sorted(os.listdir(victim))[0])
@@ -404,6 +408,31 @@ def test_a_shard_whose_images_all_failed_is_complete_and_an_unwritable_cache_is_
     (tmp_path / 'a-file').write_text('')
     with pytest.raises(features.CacheError, match='cannot write the feature cache in .*a-file'):
         features.build(str(tmp_path / 'a-file' / 'cache'), key, split, 1, nothing_decoded)
+
+
+def test_a_disk_that_fills_during_a_build_is_one_line_and_leaves_no_part_shard(
+        tmp_path, monkeypatch):
+    split, key = _split(4), {'shape': [1, 1, 2], 'dtype': 'float32', 'boundary': 'fc7'}
+    run_shard, _ = _fake_prefix(split)
+
+    class FullDisk:  # TensorFlow's writer raises its own error, not OSError
+        def __init__(self, path):
+            open(path, 'wb').close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, record):
+            raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
+    monkeypatch.setattr(tf.io, 'TFRecordWriter', FullDisk)
+    with pytest.raises(features.CacheError, match=r'cannot write the feature cache in .* \(No '
+                       r'space left on device\): free disk space'):
+        features.build(str(tmp_path), key, split, 1, run_shard)
+    assert os.listdir(str(tmp_path)) == []
+    assert features.missing_shards(str(tmp_path), key, 1, 4) == [(0, 0)]
 
 
 @pytest.mark.slow
