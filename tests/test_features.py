@@ -13,8 +13,11 @@ import tensorflow.compat.v1 as tf
 import data
 import demo
 import features
+import hardware
 import model
+import rundir
 import train
+from test_hardware import AMX, AVX2, NATIVE_BF16, ZEN4
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -230,6 +233,38 @@ def test_features_read_back_as_stored_in_their_type_and_labels_exactly(tmp_path,
     expected = values.astype(tf.as_dtype(dtype).as_numpy_dtype).astype(np.float32)
     np.testing.assert_array_equal(got, expected)
     assert dtype == 'float32' or not np.array_equal(got, values)  # 16 bits round
+
+
+@pytest.mark.parametrize('gpus, flags, stored', [
+    ([], AMX, 'bfloat16'), ([], ZEN4, 'bfloat16'), ([], AVX2, 'float32'),
+    ([(8, 0)], AVX2, 'float16')])
+def test_each_kind_of_machine_stores_the_type_its_auto_precision_computes_in(gpus, flags, stored):
+    precision, _ = hardware.choose_precision('auto', gpus, flags)
+    assert features.STORED_AS[precision] == stored
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason='needs a CPU with native bfloat16 (amx_bf16 or '
+                                            'avx512_bf16); the choice is tested above by flags')
+def test_in_bf16_features_stored_as_bfloat16_give_the_whole_networks_logits():
+    # The layer above each boundary computes in bfloat16, so it reads the same numbers from the
+    # rounded store as from the layer below (in fp32 the rounding would show).
+    with tf.Graph().as_default():
+        settings = rundir.model_settings(list('abcde'), list('abcde'), 64)
+        images = tf.placeholder(tf.float32, [2, 64, 64, 3])
+        logits, end_points = model.classifier(images, settings, is_training=False, init='he')
+        heads = []
+        for point in ('fc7', 'pool5', 'pool4'):
+            prefix = features.output(end_points, point, settings['global_pool'])
+            stored = tf.placeholder(tf.float32, prefix.shape)
+            heads.append((prefix, stored, model.classifier(stored, settings, is_training=False,
+                                                           reuse=True, start=point)[0]))
+        with tf.Session(config=hardware.session_config('bf16')) as session:
+            session.run(tf.global_variables_initializer())
+            pixels = np.random.RandomState(0).uniform(-100, 100, images.shape).astype(np.float32)
+            for prefix, stored, head in heads:
+                whole, values = session.run([logits, prefix], {images: pixels})
+                rounded = values.astype(tf.bfloat16.as_numpy_dtype).astype(np.float32)
+                np.testing.assert_array_equal(session.run(head, {stored: rounded}), whole)
 
 
 def _flip_a_byte(path, record_bytes):
