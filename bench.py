@@ -390,14 +390,15 @@ class Marks(tf.train.SessionRunHook):
         self.times['end'] = time.time()
 
 
-def scale_run(connection, root, out, started):
-    """One step of train.py on `root` into `out`, in a process of its own (`started`: when the
-    parent started it); sends its figures through `connection`."""
+def scale_run(connection, root, out, started, flags=()):
+    """One step of train.py on `root` into `out` (SCALE_FLAGS, then `flags`), in a process of
+    its own (`started`: when the parent started it); sends its figures through `connection`."""
     import resource
     logging.basicConfig(level=logging.WARNING)
     tf.get_logger().setLevel(logging.ERROR)
     tf.disable_eager_execution()
-    args = train.parse_args(['--dataset', root, '--checkpoint-dir', out] + SCALE_FLAGS)
+    args = train.parse_args(['--dataset', root, '--checkpoint-dir', out] + SCALE_FLAGS +
+                            list(flags))
     # The image check on its own, as train.py runs it; training then reuses its cache.
     dataset = data.load_dataset(root)
     os.makedirs(out)
@@ -421,26 +422,39 @@ def scale_run(connection, root, out, started):
 def bench_scale(sizes, directory):
     """{'sizes': [figures of each size], 'ratio': {figure: larger / smaller}}: one step of
     train.py on a synthetic dataset of each size (demo.make_many, 101 classes), each in a
-    fresh process."""
+    fresh process; then, from the same frozen weights, one that builds the feature cache and
+    one that reads it (its start-up: `reused_cache_startup_s`)."""
     context = multiprocessing.get_context('spawn')
-    results = []
-    for count in sizes:
-        root, out = os.path.join(directory, 'scale-%d' % count), os.path.join(
-            directory, 'scale-%d-run' % count)
-        demo.make_many(root, count, SCALE_CLASSES)
+    pretrained = random_vgg19(os.path.join(directory, 'random-vgg19', 'vgg_19.ckpt'))
+
+    def one(count, root, out, flags=()):
         here, there = context.Pipe()
-        process = context.Process(target=scale_run, args=(there, root, out, time.time()))
+        process = context.Process(target=scale_run, args=(there, root, out, time.time(), flags))
         process.start()
         there.close()
         try:
-            results.append(here.recv())
+            return here.recv()
         except EOFError:
             raise RuntimeError('the scale run on %d images died (its error above, or out of '
                                'memory)' % count)
         finally:
             process.join()
-            shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
+
+    results = []
+    for count in sizes:
+        root, out = os.path.join(directory, 'scale-%d' % count), os.path.join(
+            directory, 'scale-%d-run' % count)
+        cache = ['--pretrained', pretrained, '--feature-cache', 'on', '--cache-dir',
+                 os.path.join(directory, 'scale-%d-cache' % count)]
+        demo.make_many(root, count, SCALE_CLASSES)
+        try:
+            results.append(one(count, root, out))
+            one(count, root, out, cache)  # builds it
+            results[-1]['reused_cache_startup_s'] = one(count, root, out, cache)['startup_s']
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(cache[-1], ignore_errors=True)
     return {'sizes': results, 'ratio': {key: results[1][key] / results[0][key]
                                         for key in results[0]}}
 
@@ -456,7 +470,9 @@ CACHE_FLAGS = ['--trainable-scopes', 'vgg_19/fc8', '--dropout-keep-prob', '1', '
 
 def random_vgg19(path, seed=0):
     """A VGG19 checkpoint of He-initialised random weights with slim's names: the same frozen
-    weights for every side of the cache part."""
+    weights for every side of the cache part (and the scale part's cached runs: written once)."""
+    if os.path.exists(path + '.index'):
+        return path
     rng = np.random.default_rng(seed)
     weights = {}
     for scope, kernel in model.vgg19_shapes(1000).items():
@@ -650,6 +666,7 @@ CACHE_ROWS = (('cached', 'train.py, feature cache built', None, ''),
               ('keras', "Keras 3's frozen-base recipe", 'keras_over_cached',
                "%.1fx the cached run's time"))
 SCALE_ROWS = (('startup_s', 'start-up to the first step, s', '%.1f'),
+              ('reused_cache_startup_s', 'the same, reading a built feature cache, s', '%.1f'),
               ('check_images_per_s', 'image check, images/s', '%.0f'),
               ('peak_memory_gb', 'peak memory, GB', '%.2f'),
               ('graph_mb', 'graph.pbtxt, MB', '%.2f'), ('meta_mb', '.meta, MB', '%.2f'),

@@ -51,6 +51,7 @@ def test_bench_runs_every_part_and_prints_the_speedups(tmp_path):
     # The file lists stay out of the graph.
     assert small['graph_mb'] == large['graph_mb'] and small['meta_mb'] == large['meta_mb']
     assert result['scale']['ratio']['check_images_per_s'] > 0
+    assert small['reused_cache_startup_s'] > 0 and large['reused_cache_startup_s'] > 0
     assert os.listdir(str(tmp_path)) == []  # its JPEGs and checkpoint removed
 
 
