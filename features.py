@@ -218,6 +218,19 @@ def missing_shards(directory, key, views, num_images):
     return missing
 
 
+def stale_caches(root):
+    """[(directory, bytes)] of the caches under `root` that this version no longer reads: those
+    written in another record format (before TFRecord shards, `view*.rec`)."""
+    found = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        directory = os.path.join(root, name)
+        index = read_index(directory)
+        if isinstance(index, dict) and index.get('key', {}).get('format') != FORMAT:
+            found.append((directory, sum(entry.stat().st_size for entry in os.scandir(directory)
+                                         if entry.is_file())))
+    return found
+
+
 def drop_corrupted(directory):
     """Reads every shard the index of `directory` lists, and removes those with a record whose
     checksum fails (from the index, then from the disk); returns their paths."""
@@ -383,6 +396,12 @@ class Cache:
     def fill(self, session, first_fetch=None):
         """Build what the cache of this session's frozen weights lacks, then start reading it;
         returns `first_fetch` run with the first batch built (None when nothing was built)."""
+        stale = stale_caches(self.root)
+        if stale:
+            log.info('feature cache: %d cache%s of an earlier version in %s (%.0f MB) no longer '
+                     'read: delete %s to free the disk', len(stale), 's' if len(stale) > 1 else '',
+                     self.root, sum(size for _, size in stale) / 1e6, ', '.join(
+                         os.path.basename(directory) for directory, _ in stale))
         weights = weights_digest(session.run(self._frozen))
         key = dict(self._key, weights=weights, files=files_digest(self.split))
         first = []

@@ -267,6 +267,21 @@ def test_in_bf16_features_stored_as_bfloat16_give_the_whole_networks_logits():
                 np.testing.assert_array_equal(session.run(head, {stored: rounded}), whole)
 
 
+def test_caches_of_an_earlier_record_format_are_found_for_the_log_to_name(tmp_path):
+    split, run_shard = _split(4), _fake_prefix(_split(4))[0]
+    key = {'shape': [1, 1, 2], 'dtype': 'float32', 'boundary': 'fc7', 'format': features.FORMAT}
+    features.build(str(tmp_path / 'fc7-current'), key, split, 1, run_shard)
+    old = tmp_path / 'pool5-old'  # as the fixed-length version left it: no format in its key
+    old.mkdir()
+    (old / 'index.json').write_text('{"key": {"boundary": "pool5"}, "shards": {}}')
+    (old / 'view0-00000.rec').write_bytes(b'\0' * 1000)
+    (tmp_path / 'not-a-cache').mkdir()
+    found = features.stale_caches(str(tmp_path))
+    assert [(os.path.basename(d), size) for d, size in found] == [
+        ('pool5-old', 1000 + os.path.getsize(str(old / 'index.json')))]
+    assert features.stale_caches(str(tmp_path / 'missing')) == []
+
+
 def _flip_a_byte(path, record_bytes):
     """Changes a byte of the second record's data in the shard at `path` (a TFRecord: 8 bytes
     of length and 4 of its checksum before the data), its size kept."""
