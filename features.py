@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -371,8 +372,10 @@ class Cache:
             data.eval_pipeline(self._eval_in, image_size, build_batch_size))
         eval_images, self._eval_labels, _ = self._eval.get_next()
         self._eval_prefix = output(network(eval_images, False), point, global_pool)
-        self._frozen = weights_fingerprint([v for v in slim.get_model_variables()
-                                            if layer_of(v.op.name) in frozen_layers(point)])
+        self.frozen_variables = [v for v in slim.get_model_variables()
+                                 if layer_of(v.op.name) in frozen_layers(point)]
+        self._frozen = weights_fingerprint(self.frozen_variables)
+        self.weights_prefix = None  # where checkpoints find the frozen weights, once filled
         self.dtype = STORED_AS[key['precision']]
         self._key = dict(key, boundary=point, shape=self.shape, dtype=self.dtype, views=views,
                          format=FORMAT)
@@ -403,6 +406,7 @@ class Cache:
                      self.root, sum(size for _, size in stale) / 1e6, ', '.join(
                          os.path.basename(directory) for directory, _ in stale))
         weights = weights_digest(session.run(self._frozen))
+        self.weights_prefix = os.path.join(self.root, 'weights-%s' % weights[:16], 'frozen')
         key = dict(self._key, weights=weights, files=files_digest(self.split))
         first = []
 
@@ -468,3 +472,76 @@ class Cache:
                  len(split.paths), key.get('split', 'training'), self.point,
                  'x'.join(map(str, self.shape)), directory)
         return directory
+
+
+class LinkingSaver(tf.train.Saver):
+    """A tf.train.Saver (its arguments) whose checkpoints share one file of the weights that do
+    not change in the run, `frozen` (the layers below the cache's boundary): `shared()` names
+    where that file is kept, a checkpoint prefix (None: save as tf.train.Saver does).
+
+    The first save writes it there; each save links it (a hard link; a copy on another file
+    system) into the checkpoint beside a shard of the rest, which TensorFlow's
+    MergeV2Checkpoints joins into one checkpoint of two data shards, read by any Saver. A save of
+    VGG19 trained from fc8 up writes 0.2 MB, not 559 MB (6 s on a disk of 90 MB/s), and its
+    checkpoints take no more disk than that; deleting the cache leaves them whole.
+    """
+
+    def __init__(self, frozen, shared, var_list=None, **kwargs):
+        var_list = list(tf.global_variables() if var_list is None else var_list)
+        super().__init__(var_list, **dict(kwargs, sharded=True))
+        self._shared, self._frozen = shared, tf.train.Saver(frozen, sharded=False)
+        names = {v.op.name for v in frozen}
+        rest = sorted((v for v in var_list if v.op.name not in names), key=lambda v: v.op.name)
+        prefix = tf.get_default_graph().get_tensor_by_name(self.saver_def.filename_tensor_name)
+        with tf.name_scope('save_linking'):
+            parts = tf.strings.join([prefix, ['_temp/part-00000-of-00002',
+                                              '_temp/part-00001-of-00002']])
+            written = tf.raw_ops.SaveV2(prefix=parts[1], tensor_names=[v.op.name for v in rest],
+                                        shape_and_slices=[''] * len(rest),
+                                        tensors=[v.value() for v in rest])
+            with tf.control_dependencies([written]):
+                merged = tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts,
+                                                       destination_prefix=prefix)
+            with tf.control_dependencies([merged]):
+                self._save_linking = tf.identity(prefix).name
+        self._save_whole = self.saver_def.save_tensor_name
+        self._frozen_bytes = sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in frozen)
+
+    def save(self, sess, save_path, global_step=None, *args, **kwargs):
+        """tf.train.Saver.save, linking the frozen weights where it can."""
+        if global_step is not None and not isinstance(global_step, (int, np.integer)):
+            global_step = tf.train.global_step(sess, global_step)
+        prefix = save_path if global_step is None else '%s-%d' % (save_path, global_step)
+        linked = self._link(sess, prefix + '_temp/part-00000-of-00002')
+        self.saver_def.save_tensor_name = self._save_linking if linked else self._save_whole
+        return super().save(sess, save_path, global_step, *args, **kwargs)
+
+    def _link(self, session, part):
+        """Put the shared file of the frozen weights at checkpoint prefix `part`, written first
+        when it is not there whole; False when it cannot be (the whole checkpoint is written)."""
+        shared = self._shared()
+        if not shared:
+            return False
+        data = '.data-00000-of-00001'
+        try:
+            if not (os.path.isfile(shared + '.index') and
+                    os.path.getsize(shared + data) == self._frozen_bytes):
+                # The index goes into place last: where it is, the data is whole.
+                os.makedirs(os.path.dirname(shared), exist_ok=True)
+                self._frozen.save(session, shared + '.part', write_meta_graph=False,
+                                  write_state=False)
+                os.replace(shared + '.part' + data, shared + data)
+                os.replace(shared + '.part.index', shared + '.index')
+            os.makedirs(os.path.dirname(part), exist_ok=True)
+            for suffix in (data, '.index'):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(part + suffix)  # what a killed save left
+                try:
+                    os.link(shared + suffix, part + suffix)
+                except OSError:  # another file system, or none with hard links
+                    shutil.copyfile(shared + suffix, part + suffix)
+        except (OSError, tf.errors.OpError) as e:
+            log.info('checkpoint: the frozen weights are saved in full (%s cannot be linked: %s)',
+                     shared, getattr(e, 'strerror', None) or getattr(e, 'message', e))
+            return False
+        return True

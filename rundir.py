@@ -90,10 +90,10 @@ def load_settings(checkpoint_dir, check_preprocessing=False):
 # ---------------------------------------------------------------------------------------------
 # Which checkpoint of a directory: the newest, or the best one that validation kept.
 
-def best_saver(checkpoint_dir, var_list):
-    """A Saver for <checkpoint_dir>/best that keeps one checkpoint: it knows the one already
-    there, so the next best replaces it, in this run as after a restart."""
-    saver = tf.train.Saver(var_list, max_to_keep=1, save_relative_paths=True)
+def best_saver(checkpoint_dir, var_list, saver_class=tf.train.Saver):
+    """A Saver (of `saver_class`) for <checkpoint_dir>/best that keeps one checkpoint: it knows
+    the one already there, so the next best replaces it, in this run as after a restart."""
+    saver = saver_class(var_list=var_list, max_to_keep=1, save_relative_paths=True)
     state = tf.train.get_checkpoint_state(os.path.join(checkpoint_dir, BEST_DIR))
     if state:
         saver.recover_last_checkpoints(state.all_model_checkpoint_paths)

@@ -13,6 +13,7 @@ The weights with the best validation accuracy are kept in --checkpoint-dir/best;
 (loss, learning rate, accuracy) is drawn when a run ends.
 """
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -839,8 +840,13 @@ def build_hooks(args, machine, run, source, evaluation, stages, global_step, ext
     """(scaffold, hooks, chief-only hooks) of the session. The chief's write into
     --checkpoint-dir: summaries, validation and best/, checkpoints."""
     chief = machine.chief
+    # Where no stage trains the layers below the cache's boundary, their weights are saved once
+    # and linked into every checkpoint (features.LinkingSaver).
+    saver_class = functools.partial(
+        features.LinkingSaver, source.cache.frozen_variables, lambda: source.cache.weights_prefix
+    ) if source.cache and all(source.reads_cache.values()) else tf.train.Saver
     best_saver = rundir.best_saver(args.checkpoint_dir,
-                                   slim.get_model_variables() + [global_step])
+                                   slim.get_model_variables() + [global_step], saver_class)
     validation = ValidationHook(evaluation, run.num_val, run.num_classes, args.validate_every,
                                 args.checkpoint_dir, best_saver, args.early_stopping
                                 ) if chief else None
@@ -861,7 +867,7 @@ def build_hooks(args, machine, run, source, evaluation, stages, global_step, ext
         hooks += stages.sync_hooks + [parallel.StepCountHook(args.task)]
     # The Scaffold's default saver, with --keep-checkpoints.
     scaffold = tf.train.Scaffold(init_fn=run.init_fn, init_op=model.initialized_elsewhere(
-        run.restored) if run.init_fn else None, saver=tf.train.Saver(
+        run.restored) if run.init_fn else None, saver=saver_class(
         sharded=True, max_to_keep=args.keep_checkpoints, allow_empty=True))
     # The NaN guard runs ahead of the checkpoint saver, so a NaN step is never saved; the saver
     # ahead of the validation, whose best can then be the checkpoint just saved.

@@ -282,6 +282,47 @@ def test_caches_of_an_earlier_record_format_are_found_for_the_log_to_name(tmp_pa
     assert features.stale_caches(str(tmp_path / 'missing')) == []
 
 
+def test_checkpoints_link_the_frozen_weights_written_once_and_restore_whole(tmp_path):
+    shared, saved = [None], []
+    with tf.Graph().as_default():
+        frozen = [tf.get_variable('vgg_19/conv1/w', initializer=np.arange(6, dtype=np.float32)),
+                  tf.get_variable('vgg_19/fc7/b', initializer=np.ones([2, 3], np.float32))]
+        head = tf.get_variable('vgg_19/fc8/w', initializer=np.zeros(4, np.float32))
+        step = tf.train.get_or_create_global_step()
+        update = [head.assign_add(tf.ones(4)), step.assign_add(1)]
+        saver = features.LinkingSaver(frozen, lambda: shared[0], max_to_keep=5)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            os.makedirs(str(tmp_path / 'run'))
+            prefix = str(tmp_path / 'run' / 'model.ckpt')
+            data = str(tmp_path / 'cache' / 'weights-x' / 'frozen.data-00000-of-00001')
+            for n in range(5):
+                if n == 1:  # the cache is filled: the shared file's place is known
+                    shared[0] = data[:-len('.data-00000-of-00001')]
+                if n == 3:  # the shared file cut short (a copy that stopped): written again
+                    with open(data + '.short', 'wb') as f:
+                        f.write(b'\0' * 8)
+                    os.replace(data + '.short', data)
+                if n == 4:  # the cache deleted: written again
+                    shutil.rmtree(str(tmp_path / 'cache'))
+                saved.append((saver.save(session, prefix, global_step=step),
+                              os.stat(data).st_ino if n else None))
+                session.run(update)
+    assert os.path.exists(saved[0][0] + '.data-00000-of-00001')  # as tf.train.Saver saves
+    assert os.path.getsize(data) == 12 * 4  # the frozen values alone: not the head's
+    assert saved[1][1] == saved[2][1] != saved[3][1] != saved[4][1]
+    for n, (path, inode) in enumerate(saved):
+        if n:
+            assert os.stat(path + '.data-00000-of-00002').st_ino == inode
+            assert os.path.getsize(path + '.data-00001-of-00002') == 4 * 4 + 8  # head, step
+            assert not os.path.exists(path + '_temp')
+        reader = tf.train.load_checkpoint(path)  # whole, whatever became of the shared file
+        assert reader.get_tensor('vgg_19/fc8/w').tolist() == [n] * 4
+        assert reader.get_tensor('global_step') == n
+        assert reader.get_tensor('vgg_19/conv1/w').tolist() == list(range(6))
+        assert reader.get_tensor('vgg_19/fc7/b').tolist() == [[1.0] * 3] * 2
+
+
 def _flip_a_byte(path, record_bytes):
     """Changes a byte of the second record's data in the shard at `path` (a TFRecord: 8 bytes
     of length and 4 of its checksum before the data), its size kept."""
@@ -320,6 +361,11 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     # The whole model is in the checkpoints, the frozen layers included.
     reader = tf.train.load_checkpoint(str(tmp_path / 'b'))
     assert reader.get_tensor('vgg_19/conv1/conv1_1/weights').shape == (3, 3, 3, 64)
+    # The frozen layers' weights: one file in the cache, linked into each checkpoint.
+    latest = tf.train.latest_checkpoint(str(tmp_path / 'b'))
+    weights = [d for d in os.listdir(cache) if d.startswith('weights-')]
+    assert len(weights) == 1 and os.path.samefile(latest + '.data-00000-of-00002', os.path.join(
+        cache, weights[0], 'frozen.data-00000-of-00001'))
     # A stored record changed on disk: one line naming its shard, which is removed, then the
     # same command builds it again and resumes.
     stored = [os.path.join(cache, d) for d in os.listdir(cache)
@@ -343,10 +389,10 @@ def test_a_later_run_reuses_the_cache_unless_what_decides_the_features_changed(t
     os.utime(victim, (1, 1))
     third = _train(dataset, str(tmp_path / 'b'), cache, '--epochs', '8')
     assert third.count('feature cache: built') == 1  # of the split that holds the file
-    assert len(os.listdir(cache)) == 3
+    assert len(os.listdir(cache)) == 3 + 1  # and the frozen weights, the same
     # --feature-cache off: no cache, the images themselves.
     fourth = _train(dataset, str(tmp_path / 'c'), cache, '--feature-cache', 'off')
-    assert 'feature cache: off (--feature-cache off)' in fourth and len(os.listdir(cache)) == 3
+    assert 'feature cache: off (--feature-cache off)' in fourth and len(os.listdir(cache)) == 4
 
 
 class _Steps(tf.train.SessionRunHook):
