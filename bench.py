@@ -489,6 +489,7 @@ def timed_train(root, pretrained, out, cache_dir, args, precision, *flags):
                pretrained, '--checkpoint-dir', out, '--cache-dir', cache_dir, '--image-size',
                str(args.cache_image_size), '--epochs', str(args.cache_epochs), '--precision',
                precision] + CACHE_FLAGS + list(flags)
+    os.sync()  # what the side before wrote reaches the disk before this one starts, not during
     started = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
@@ -542,6 +543,7 @@ def bench_cache(args, directory, precision):
                                    args, precision, '--feature-cache', 'off')
     context = multiprocessing.get_context('spawn')
     here, there = context.Pipe()
+    os.sync()
     started = time.time()
     process = context.Process(target=keras_frozen_fit, args=(there, root, args, precision))
     process.start()
