@@ -29,7 +29,12 @@ missing shard and a shard cut short is built again. Each record carries its CRC-
 tf.data checks as it reads: a record whose bytes changed on disk is never trained on. The run
 stops there in one line, the corrupted shards removed, and the next run builds them again. So a
 start checks the shards' sizes alone, whatever the cache weighs.
+
+The frozen weights are kept there too, once, as a checkpoint of their own (`weights-*/frozen`,
+written while the first build runs), which each checkpoint of a run that never trains them
+links rather than writes again (LinkingSaver).
 """
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -59,6 +64,7 @@ LABEL_BYTES = 4  # a record: the label (int32), then the features
 # the boundary casts its input to anyway in bf16 and fp16 (half the disk of float32).
 STORED_AS = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}
 SHUFFLE_BYTES = 256 << 20  # the shuffle buffer of stored features, at most
+WEIGHTS_DATA = '.data-00000-of-00001'  # the data file of the frozen weights' checkpoint
 
 
 class CacheError(ValueError):
@@ -158,6 +164,27 @@ def cache_dir(root, key):
     text = json.dumps(key, sort_keys=True)
     return os.path.join(root, '%s-%s' % (key['boundary'],
                                          hashlib.sha256(text.encode()).hexdigest()[:16]))
+
+
+def weights_whole(prefix, variables):
+    """Whether checkpoint `prefix` is there whole with `variables`' values: its index, and data
+    of their bytes (TensorFlow's bundle packs the values one after another)."""
+    try:
+        return os.path.isfile(prefix + '.index') and os.path.getsize(
+            prefix + WEIGHTS_DATA) == sum(v.shape.num_elements() * v.dtype.base_dtype.size
+                                          for v in variables)
+    except OSError:
+        return False
+
+
+def write_weights(session, saver, prefix):
+    """Save with `saver` as checkpoint `prefix`, whole or not at all: each writer writes a part
+    of its own, then the data goes into place, then the index."""
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    part = '%s.part%d' % (prefix, os.getpid())
+    saver.save(session, part, write_meta_graph=False, write_state=False)
+    os.replace(part + WEIGHTS_DATA, prefix + WEIGHTS_DATA)
+    os.replace(part + '.index', prefix + '.index')
 
 
 def shard_name(view, shard):
@@ -375,7 +402,8 @@ class Cache:
         self.frozen_variables = [v for v in slim.get_model_variables()
                                  if layer_of(v.op.name) in frozen_layers(point)]
         self._frozen = weights_fingerprint(self.frozen_variables)
-        self.weights_prefix = None  # where checkpoints find the frozen weights, once filled
+        self._weights_saver = tf.train.Saver(self.frozen_variables, sharded=False)
+        self.weights_prefix = None  # the frozen weights' checkpoint, once filled (LinkingSaver)
         self.dtype = STORED_AS[key['precision']]
         self._key = dict(key, boundary=point, shape=self.shape, dtype=self.dtype, views=views,
                          format=FORMAT)
@@ -406,7 +434,25 @@ class Cache:
                      self.root, sum(size for _, size in stale) / 1e6, ', '.join(
                          os.path.basename(directory) for directory, _ in stale))
         weights = weights_digest(session.run(self._frozen))
-        self.weights_prefix = os.path.join(self.root, 'weights-%s' % weights[:16], 'frozen')
+        prefix = os.path.join(self.root, 'weights-%s' % weights[:16], 'frozen')
+        # The frozen weights themselves, for the checkpoints to link (LinkingSaver): written
+        # while the features are computed, the disk busy while the cores are.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            writing = None if weights_whole(prefix, self.frozen_variables) else pool.submit(
+                write_weights, session, self._weights_saver, prefix)
+            first = self._build(session, weights, first_fetch)
+            try:
+                if writing:
+                    writing.result()
+                self.weights_prefix = prefix
+            except (OSError, tf.errors.OpError) as e:
+                log.info('feature cache: cannot write the frozen weights in %s (%s): each '
+                         'checkpoint holds them in full', prefix,
+                         getattr(e, 'strerror', None) or getattr(e, 'message', e))
+        return first
+
+    def _build(self, session, weights, first_fetch):
+        """fill's builds and start, the training split's then validation's."""
         key = dict(self._key, weights=weights, files=files_digest(self.split))
         first = []
 
@@ -477,19 +523,20 @@ class Cache:
 class LinkingSaver(tf.train.Saver):
     """A tf.train.Saver (its arguments) whose checkpoints share one file of the weights that do
     not change in the run, `frozen` (the layers below the cache's boundary): `shared()` names
-    where that file is kept, a checkpoint prefix (None: save as tf.train.Saver does).
+    the checkpoint that holds their values alone (Cache.fill writes it), or None.
 
-    The first save writes it there; each save links it (a hard link; a copy on another file
-    system) into the checkpoint beside a shard of the rest, which TensorFlow's
-    MergeV2Checkpoints joins into one checkpoint of two data shards, read by any Saver. A save of
-    VGG19 trained from fc8 up writes fc8 and its slots (0.4 MB for 12 classes), not 559 MB (6 s
-    on a disk of 90 MB/s), and takes no more disk; deleting the cache leaves it whole.
+    Each save links its data file (a hard link; a copy on another file system) into the
+    checkpoint beside a shard of the rest, which TensorFlow's MergeV2Checkpoints joins into one
+    checkpoint of two data shards, read by any Saver. A save of VGG19 trained from fc8 up
+    writes fc8 and its slots (0.4 MB for 12 classes), not 559 MB (6 s on a disk of 90 MB/s),
+    and takes no more disk; deleting the cache leaves it whole. Where the shared file is not
+    there whole, the save writes everything, as tf.train.Saver does.
     """
 
     def __init__(self, frozen, shared, var_list=None, **kwargs):
         var_list = list(tf.global_variables() if var_list is None else var_list)
         super().__init__(var_list, **dict(kwargs, sharded=True))
-        self._shared, self._frozen = shared, tf.train.Saver(frozen, sharded=False)
+        self._frozen, self._shared = frozen, shared
         names = {v.op.name for v in frozen}
         rest = sorted((v for v in var_list if v.op.name not in names), key=lambda v: v.op.name)
         prefix = tf.get_default_graph().get_tensor_by_name(self.saver_def.filename_tensor_name)
@@ -505,44 +552,31 @@ class LinkingSaver(tf.train.Saver):
             with tf.control_dependencies([merged]):
                 self._save_linking = tf.identity(prefix).name
         self._save_whole = self.saver_def.save_tensor_name
-        self._frozen_bytes = sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in frozen)
 
     def save(self, sess, save_path, global_step=None, *args, **kwargs):
         """tf.train.Saver.save, linking the frozen weights where it can."""
         if global_step is not None and not isinstance(global_step, (int, np.integer)):
             global_step = tf.train.global_step(sess, global_step)
         prefix = save_path if global_step is None else '%s-%d' % (save_path, global_step)
-        linked = self._link(sess, prefix + '_temp/part-00000-of-00002')
+        linked = self._link(prefix + '_temp/part-00000-of-00002')
         self.saver_def.save_tensor_name = self._save_linking if linked else self._save_whole
         return super().save(sess, save_path, global_step, *args, **kwargs)
 
-    def _link(self, session, part):
-        """Put the shared file of the frozen weights at checkpoint prefix `part`, written first
-        when it is not there whole; False when it cannot be (the whole checkpoint is written)."""
+    def _link(self, part):
+        """Link the shared checkpoint's files as checkpoint `part`; False where it is not there
+        whole or cannot be linked nor copied."""
         shared = self._shared()
-        if not shared:
+        if not shared or not weights_whole(shared, self._frozen):
             return False
-        data = '.data-00000-of-00001'
         try:
-            if not (os.path.isfile(shared + '.index') and
-                    os.path.getsize(shared + data) == self._frozen_bytes):
-                # The index goes into place last: where it is, the data is whole. (Runs that
-                # write it at once each write their own part, the same bytes.)
-                os.makedirs(os.path.dirname(shared), exist_ok=True)
-                written = '%s.part%d' % (shared, os.getpid())
-                self._frozen.save(session, written, write_meta_graph=False, write_state=False)
-                os.replace(written + data, shared + data)
-                os.replace(written + '.index', shared + '.index')
             os.makedirs(os.path.dirname(part), exist_ok=True)
-            for suffix in (data, '.index'):
+            for suffix in (WEIGHTS_DATA, '.index'):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(part + suffix)  # what a killed save left
                 try:
                     os.link(shared + suffix, part + suffix)
                 except OSError:  # another file system, or none with hard links
                     shutil.copyfile(shared + suffix, part + suffix)
-        except (OSError, tf.errors.OpError) as e:
-            log.info('checkpoint: the frozen weights are saved in full (%s cannot be linked: %s)',
-                     shared, getattr(e, 'strerror', None) or getattr(e, 'message', e))
+        except OSError:
             return False
         return True

@@ -290,33 +290,36 @@ def test_checkpoints_link_the_frozen_weights_written_once_and_restore_whole(tmp_
         head = tf.get_variable('vgg_19/fc8/w', initializer=np.zeros(4, np.float32))
         step = tf.train.get_or_create_global_step()
         update = [head.assign_add(tf.ones(4)), step.assign_add(1)]
-        saver = features.LinkingSaver(frozen, lambda: shared[0], max_to_keep=5)
+        saver = features.LinkingSaver(frozen, lambda: shared[0], max_to_keep=10)
+        frozen_saver = tf.train.Saver(frozen)
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             os.makedirs(str(tmp_path / 'run'))
             prefix = str(tmp_path / 'run' / 'model.ckpt')
-            data = str(tmp_path / 'cache' / 'weights-x' / 'frozen.data-00000-of-00001')
-            for n in range(5):
-                if n == 1:  # the cache is filled: the shared file's place is known
-                    shared[0] = data[:-len('.data-00000-of-00001')]
-                if n == 3:  # the shared file cut short (a copy that stopped): written again
+            shared[0] = str(tmp_path / 'cache' / 'weights-x' / 'frozen')
+            data = shared[0] + features.WEIGHTS_DATA
+            for n in range(6):
+                if n in (1, 4):  # written (by Cache.fill): from then on linked
+                    features.write_weights(session, frozen_saver, shared[0])
+                if n == 3:  # cut short (a copy that stopped): not linked
                     with open(data + '.short', 'wb') as f:
                         f.write(b'\0' * 8)
                     os.replace(data + '.short', data)
-                if n == 4:  # the cache deleted: written again
+                if n == 5:  # the cache deleted: the checkpoints stay whole
                     shutil.rmtree(str(tmp_path / 'cache'))
-                saved.append((saver.save(session, prefix, global_step=step),
-                              os.stat(data).st_ino if n else None))
+                saved.append(saver.save(session, prefix, global_step=step))
                 session.run(update)
-    assert os.path.exists(saved[0][0] + '.data-00000-of-00001')  # as tf.train.Saver saves
-    assert os.path.getsize(data) == 12 * 4  # the frozen values alone: not the head's
-    assert saved[1][1] == saved[2][1] != saved[3][1] != saved[4][1]
-    for n, (path, inode) in enumerate(saved):
-        if n:
-            assert os.stat(path + '.data-00000-of-00002').st_ino == inode
+    linked = [n for n, path in enumerate(saved)
+              if os.path.exists(path + '.data-00000-of-00002')]
+    assert linked == [1, 2, 4]  # the others saved whole, as tf.train.Saver saves
+    inodes = [os.stat(saved[n] + '.data-00000-of-00002').st_ino for n in linked]
+    assert inodes[0] == inodes[1] != inodes[2]
+    assert os.path.getsize(saved[1] + '.data-00000-of-00002') == 12 * 4  # not the head's
+    for n, path in enumerate(saved):
+        if n in linked:
             assert os.path.getsize(path + '.data-00001-of-00002') == 4 * 4 + 8  # head, step
-            assert not os.path.exists(path + '_temp')
-        reader = tf.train.load_checkpoint(path)  # whole, whatever became of the shared file
+        assert not os.path.exists(path + '_temp')
+        reader = tf.train.load_checkpoint(path)
         assert reader.get_tensor('vgg_19/fc8/w').tolist() == [n] * 4
         assert reader.get_tensor('global_step') == n
         assert reader.get_tensor('vgg_19/conv1/w').tolist() == list(range(6))
