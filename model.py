@@ -333,7 +333,10 @@ def checkpoint_problem(prefix, expected=None, any_float=False, values=None):
                     name, dtypes[name].name)
         for name in sorted(shapes):
             value = np.asarray(reader.get_tensor(name))
-            if value.dtype.kind == 'f' and not np.isfinite(value).all():
+            # Its extremes, not np.isfinite's array of flags, which a fresh process pays for
+            # with its memory's first touch: VGG19 read and checked in 0.7 s, not 1.4 s.
+            if value.dtype.kind == 'f' and value.size and not (
+                    np.isfinite(value.max()) and np.isfinite(value.min())):
                 return 'damaged', 'holds NaN or infinite values in %s' % name
             if values is not None and name in (expected or ()):
                 values[name] = value.astype(np.float32, copy=False)  # float64 halved at once

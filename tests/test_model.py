@@ -434,3 +434,16 @@ def test_write_checkpoint_refuses_a_path_under_a_file(tmp_path):
     with pytest.raises(model.CheckpointError, match='file is a file'):
         model.write_checkpoint({'x': np.zeros(1)}, str(tmp_path / 'file' / 'x.ckpt'))
     assert os.listdir(tmp_path) == ['file']
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf, None])
+def test_a_checkpoint_holding_a_value_that_is_not_finite_is_damaged(tmp_path, bad):
+    values = {'a': np.arange(12, dtype=np.float32).reshape(3, 4),
+              'empty': np.zeros([0, 4], np.float32),  # finite: nothing in it is not
+              'b': np.full(5, -3.4e38, np.float32), 'c': np.full(5, 3.4e38, np.float32)}
+    if bad is not None:
+        values['a'][1, 2] = bad
+    path = model.write_checkpoint(values, str(tmp_path / 'x.ckpt'))
+    found = model.checkpoint_problem(path)
+    assert found == (None if bad is None else
+                     ('damaged', 'holds NaN or infinite values in a'))
