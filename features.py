@@ -179,12 +179,29 @@ def weights_whole(prefix, variables):
 
 def write_weights(session, saver, prefix):
     """Save with `saver` as checkpoint `prefix`, whole or not at all: each writer writes a part
-    of its own, then the data goes into place, then the index."""
+    of its own, then the data goes into place, then the index. Parts left by a writer that was
+    killed are removed."""
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    for left in tf.io.gfile.glob(prefix + '.part*'):
+        pid = left[len(prefix + '.part'):].split('.')[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                os.remove(left)
     part = '%s.part%d' % (prefix, os.getpid())
     saver.save(session, part, write_meta_graph=False, write_state=False)
     os.replace(part + WEIGHTS_DATA, prefix + WEIGHTS_DATA)
     os.replace(part + '.index', prefix + '.index')
+
+
+def _running(pid):
+    """Whether process `pid` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's
+        return True
+    return True
 
 
 def shard_name(view, shard):

@@ -298,9 +298,18 @@ def test_checkpoints_link_the_frozen_weights_written_once_and_restore_whole(tmp_
             prefix = str(tmp_path / 'run' / 'model.ckpt')
             shared[0] = str(tmp_path / 'cache' / 'weights-x' / 'frozen')
             data = shared[0] + features.WEIGHTS_DATA
+            os.makedirs(os.path.dirname(shared[0]))
+            dead = subprocess.Popen([sys.executable, '-c', ''])
+            dead.wait()
+            for left in (dead.pid, os.getppid()):  # parts of a killed writer and a live one
+                with open('%s.part%d%s' % (shared[0], left, features.WEIGHTS_DATA), 'wb') as f:
+                    f.write(b'\0' * 8)
             for n in range(6):
                 if n in (1, 4):  # written (by Cache.fill): from then on linked
                     features.write_weights(session, frozen_saver, shared[0])
+                    assert sorted(os.listdir(os.path.dirname(shared[0]))) == [
+                        'frozen.data-00000-of-00001', 'frozen.index',
+                        'frozen.part%d.data-00000-of-00001' % os.getppid()]
                 if n == 3:  # cut short (a copy that stopped): not linked
                     with open(data + '.short', 'wb') as f:
                         f.write(b'\0' * 8)
