@@ -394,10 +394,11 @@ class Cache:
     the evaluation view of the validation images, run once by `fill`, and what is stored read
     back after it: `features`, `labels` for training, `validation_batches` for validation.
 
-    `network(images, is_training)` builds the network as training (or evaluation) runs it and
-    returns its end points (the first call creates the variables, so the head built on the
-    stored features afterwards reuses them); `key` holds what else decides the training
-    features (image size, preprocessing, precision, dropout).
+    `network(images, is_training, frozen)` builds the network as training (or evaluation) runs
+    it, the layers `frozen` (vgg_19's) taking no gradient, and returns its end points (the first
+    call creates the variables, so the head built on the stored features afterwards reuses
+    them); `key` holds what else decides the training features (image size, preprocessing,
+    precision, dropout).
     """
 
     def __init__(self, split, validation, point, network, global_pool, key, image_size,
@@ -408,16 +409,17 @@ class Cache:
         self._views = tf.data.make_initializable_iterator(
             data.views_pipeline(self._views_in, image_size, build_batch_size))
         self.view_images, self._view_labels = self._views.get_next()
-        self._prefix = output(network(self.view_images, True), point, global_pool)
+        frozen = frozen_layers(point)
+        self._prefix = output(network(self.view_images, True, frozen), point, global_pool)
         self.shape = self._prefix.shape.as_list()[1:]
         # Validation's view is evaluate.py's: the central crop, no dropout.
         self._eval_in = data.split_placeholders('cache_validation')
         self._eval = tf.data.make_initializable_iterator(
             data.eval_pipeline(self._eval_in, image_size, build_batch_size))
         eval_images, self._eval_labels, _ = self._eval.get_next()
-        self._eval_prefix = output(network(eval_images, False), point, global_pool)
+        self._eval_prefix = output(network(eval_images, False, frozen), point, global_pool)
         self.frozen_variables = [v for v in slim.get_model_variables()
-                                 if layer_of(v.op.name) in frozen_layers(point)]
+                                 if layer_of(v.op.name) in frozen]
         self._frozen = weights_fingerprint(self.frozen_variables)
         self._weights_saver = tf.train.Saver(self.frozen_variables, sharded=False)
         self.weights_prefix = None  # the frozen weights' checkpoint, once filled (LinkingSaver)

@@ -72,7 +72,7 @@ def _quiet_slim():
 
 def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
            spatial_squeeze=True, reuse=None, scope='vgg_19', fc_conv_padding='VALID',
-           global_pool=False, start=None):
+           global_pool=False, start=None, frozen=()):
     """VGG19 (configuration E) on `inputs` [batch, height, width, 3]; returns (logits, end_points).
 
     The same graph as `tf_slim.nets.vgg.vgg_19`, and like it, it takes its layers' settings from
@@ -81,6 +81,8 @@ def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
     tf.GraphKeys.REGULARIZATION_LOSSES; the training loss must add them.
     `start` ('pool4', 'pool5' or 'fc7'): `inputs` are that end point's output, stored by
     features.py, and only the layers above it are built, with the same names.
+    `frozen`: the layers ('fc6', ...) whose weights this graph takes no gradient of (all of them
+    where not `is_training`), which lets fc6 skip the taps that miss a small map.
     """
     def above(point):  # whether the layers just above `point` are built
         return start is None or STARTS.index(start) <= STARTS.index(point)
@@ -107,7 +109,8 @@ def vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
                 # The fully connected layers as convolutions, as in the checkpoint.
                 fc = dict(outputs_collection=end_points_collection)
                 if above('pool5'):
-                    net = _fully_connected(net, 4096, 7, fc_conv_padding, scope='fc6', **fc)
+                    net = _fully_connected(net, 4096, 7, fc_conv_padding, scope='fc6',
+                                           frozen='fc6' in frozen or not is_training, **fc)
                     net = slim.dropout(net, dropout_keep_prob, is_training=is_training,
                                        scope='dropout6')
                     net = _fully_connected(net, 4096, 1, 'SAME', scope='fc7', **fc)
@@ -137,7 +140,7 @@ def end_point(end_points, name):
 
 
 def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scope,
-                     **explicit):
+                     frozen=False, **explicit):
     """What slim.conv2d(net, num_outputs, [kernel, kernel], padding) computes, with its
     variables, for the fully connected layers fc6, fc7, fc8: its settings (initializers,
     regularizer, activation, trainable) come from slim.conv2d's arg_scope, as slim's would,
@@ -150,8 +153,10 @@ def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scop
     reach the map, so those alone do the same arithmetic, and the windows become the rows of one
     matmul (fc6 under 224 px: a 128 px training step 2.2x faster in bf16, 1.6x in fp32, on the
     AMX Xeon; TensorFlow's convolution ran these 7x7 windows on a 4x4 map at a seventh of the
-    machine's matmul speed). The variables stay as in the checkpoint: (kernel, kernel, channels,
-    num_outputs).
+    machine's matmul speed). `frozen`: no gradient is taken of the weights (a frozen layer, or a
+    graph that only predicts), so each output position multiplies only the taps that land on
+    the map (_taps_on_map: fc6 at 128 px a third of the arithmetic). The variables stay as in
+    the checkpoint: (kernel, kernel, channels, num_outputs).
     """
     height, width, channels = net.shape[1], net.shape[2], net.shape[3]
     settings = dict(slim.current_arg_scope().get(slim.arg_scope_func_key(slim.conv2d), {}),
@@ -166,13 +171,16 @@ def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scop
         biases = slim.model_variable(
             'biases', [num_outputs], trainable=trainable,
             initializer=settings.get('biases_initializer', tf.zeros_initializer()))
-        if padding == 'SAME' and height is not None and width is not None and (
-                height < kernel or width < kernel):
+        small = padding == 'SAME' and height is not None and width is not None and (
+            height < kernel or width < kernel)
+        if small and not frozen:  # only the central taps reach the map
             top, left = (kernel // 2 - min(height - 1, kernel // 2),
                          kernel // 2 - min(width - 1, kernel // 2))
             weights = weights[top:kernel - top, left:kernel - left]
         taps = weights.shape.as_list()[:2]
-        if taps == [1, 1]:  # each position on its own
+        if small and frozen:
+            net = _taps_on_map(net, weights, height, width)
+        elif taps == [1, 1]:  # each position on its own
             shape = tf.concat([tf.shape(net)[:3], [num_outputs]], 0)
             net = tf.reshape(tf.matmul(tf.reshape(net, [-1, channels]), weights[0, 0]), shape)
         elif padding == 'VALID' and taps == [height, width]:  # one window: the whole map
@@ -190,6 +198,33 @@ def _fully_connected(net, num_outputs, kernel, padding, outputs_collection, scop
         if activation_fn is not None:
             net = activation_fn(net)
         return slim.utils.collect_named_outputs(outputs_collection, sc.name, net)
+
+
+def _taps_on_map(net, weights, height, width):
+    """A SAME convolution of `weights` [k, k, channels, outputs] over a `height` x `width` map
+    smaller than k, multiplying only the taps that land on the map: for each kernel row and
+    output column, the input rows it reaches against a contiguous run of that row's taps, one
+    matmul. (Taking the weights' gradient through these slices would write a zero tensor the
+    size of the kernel per slice: for weights that take none.)"""
+    kernel, _, channels, outputs = weights.shape.as_list()
+    half = kernel // 2
+    taps = tf.reshape(weights, [kernel * kernel, channels * outputs])  # rows: (tap row, column)
+    rows = []
+    for a in range(kernel):  # input row i + a - half feeds output row i
+        first, last = max(0, half - a), min(height, height + half - a)
+        if first >= last:
+            continue
+        reached = net[:, first + a - half:last + a - half]
+        columns = []
+        for j in range(width):  # input columns c0..c1 feed output column j, through taps b0..b1
+            c0, c1 = max(0, j - half), min(width, j + half + 1)
+            b0 = a * kernel + c0 - j + half
+            product = tf.matmul(tf.reshape(reached[:, :, c0:c1], [-1, (c1 - c0) * channels]),
+                                tf.reshape(taps[b0:b0 + c1 - c0], [-1, outputs]))
+            columns.append(tf.reshape(product, [-1, last - first, 1, outputs]))
+        rows.append(tf.pad(tf.concat(columns, 2),
+                           [[0, 0], [first, height - last], [0, 0], [0, 0]]))
+    return tf.add_n(rows)
 
 
 def classifier(images, settings, is_training, reuse=None, weight_decay=WEIGHT_DECAY,

@@ -322,7 +322,11 @@ def tower_loss(images, labels, settings, label_smoothing=0.0, weights_by_class=N
     weight's decay is a constant that moves nothing, and costs a pass over the weight every step
     (23 of 26 ms of an fc8-only step on stored features): left out.
     """
-    logits, _ = network(images, settings, reuse, start, **options)
+    # An fc6 that no stage trains takes no gradient of its weights: the cheaper form on a small
+    # map (model._taps_on_map).
+    frozen = () if trained_scopes is None or model.in_scopes('vgg_19/fc6/weights',
+                                                             trained_scopes) else ('fc6',)
+    logits, _ = network(images, settings, reuse, start, frozen=frozen, **options)
     weights = 1.0
     if weights_by_class is not None:
         weights = tf.gather(tf.constant(weights_by_class, tf.float32), labels)
@@ -742,8 +746,9 @@ def build_input(args, machine, run):
     settings, dataset = run.settings, run.dataset
     if cached:
         source.cache = features.Cache(
-            dataset.train, dataset.validation, point, lambda images, is_training: (
-                network(images, settings, **network_options(args)) if is_training else
+            dataset.train, dataset.validation, point, lambda images, is_training, frozen: (
+                network(images, settings, frozen=frozen, **network_options(args))
+                if is_training else
                 model.classifier(images, settings, is_training=False, reuse=True))[1],
             settings['global_pool'], dict(  # and fc6's dropout, where it lies below
                 image_size=args.image_size, precision=machine.precision,

@@ -121,6 +121,21 @@ def test_vgg_19_from_a_stored_end_point_computes_what_the_whole_network_does(poi
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('point, windows', [('fc7', False), ('pool5', True)])
+def test_the_build_takes_fc6_through_only_the_taps_on_its_map_where_fc6_is_frozen(point, windows):
+    # Below the boundary (fc7) fc6 takes no gradient; above it (pool5) the build's network is
+    # the training one (its fc6 unused there) and takes it through all of its 7x7 windows.
+    settings = dict(class_ids=list('abc'), fc_conv_padding='SAME', global_pool=True)
+
+    def network(images, is_training, frozen):
+        return model.classifier(images, settings, is_training=is_training,
+                                reuse=None if is_training else True, frozen=frozen)[1]
+    features.Cache(_split(4), _split(2), point, network, True, {'precision': 'fp32'}, 128, 4,
+                   8, 1, '/nonexistent')
+    ops = {op.type for op in tf.get_default_graph().get_operations()}
+    assert ('ExtractImagePatches' in ops) == windows
+
+
 def _fake_prefix(split):
     """A run_shard whose features say which view and which image they are: [view, image]."""
     index = {path: i for i, path in enumerate(split.paths)}
@@ -481,9 +496,9 @@ def test_validation_from_its_stored_features_predicts_what_it_does_from_the_imag
     dataset = data.load_dataset(photo_dataset)
     settings = model_settings(dataset.class_ids)
 
-    def network(images, is_training):  # dropout at fc6 for training's views, as train.py's
+    def network(images, is_training, frozen):  # dropout at fc6 for the views, as train.py's
         return model.classifier(images, settings, is_training=is_training, init='he',
-                                reuse=None if is_training else True)[1]
+                                reuse=None if is_training else True, frozen=frozen)[1]
     cache = features.Cache(dataset.train, dataset.validation, 'fc7', network,
                            settings['global_pool'], {'precision': 'fp32'}, 32, 4, 8, 1,
                            str(tmp_path))

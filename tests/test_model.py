@@ -59,20 +59,28 @@ def test_same_logits_as_slim_reference():
     assert 'vgg_19/fc8' in end_points and 'vgg_19/conv5/conv5_4' in end_points
 
 
-@pytest.mark.parametrize('outputs, kernel, padding, size', [
-    (4096, 7, 'SAME', 1), (4096, 7, 'SAME', 2), (4096, 7, 'SAME', 3), (4096, 7, 'SAME', 4),
-    (4096, 7, 'SAME', 5), (4096, 7, 'SAME', 6),  # 32 to 192 px
-    (4096, 7, 'VALID', 7),  # fc6 at 224 px: a matmul
-    (4096, 7, 'VALID', 9),  # larger inputs: a sliding 7x7 window
-    (1000, 1, 'SAME', 1), (100, 1, 'SAME', 3),  # fc7 and fc8: matmuls
+@pytest.mark.parametrize('outputs, kernel, padding, size, frozen', [
+    (4096, 7, 'SAME', 1, False), (4096, 7, 'SAME', 2, False), (4096, 7, 'SAME', 3, False),
+    (4096, 7, 'SAME', 4, False), (4096, 7, 'SAME', 5, False),
+    (4096, 7, 'SAME', 6, False),  # 32 to 192 px
+    # Frozen: only the taps on the map, each size, and a map wider than it is high
+    (4096, 7, 'SAME', 1, True), (4096, 7, 'SAME', 2, True), (4096, 7, 'SAME', 3, True),
+    (4096, 7, 'SAME', 4, True), (4096, 7, 'SAME', 5, True), (4096, 7, 'SAME', 6, True),
+    (4096, 7, 'SAME', (3, 6), True),
+    (4096, 7, 'VALID', 7, False),  # fc6 at 224 px: a matmul
+    (4096, 7, 'VALID', 9, False),  # larger inputs: a sliding 7x7 window
+    (1000, 1, 'SAME', 1, False), (100, 1, 'SAME', 3, False),  # fc7 and fc8: matmuls
 ])
-def test_fully_connected_layers_compute_what_slims_convolution_does(outputs, kernel, padding, size):
-    net = tf.constant(np.random.RandomState(size).uniform(0, 1, [2, size, size, 512]), tf.float32)
+def test_fully_connected_layers_compute_what_slims_convolution_does(
+        outputs, kernel, padding, size, frozen):
+    height, width = size if isinstance(size, tuple) else (size, size)
+    net = tf.constant(np.random.RandomState(height * width).uniform(0, 1, [2, height, width, 512]),
+                      tf.float32)
     # Without the ReLU: its gradient jumps at 0, where two sums of the same products in another
     # order can fall on either side (it failed 2 of 4 full suites so, at a 1e-5 tolerance).
     with tf.variable_scope('ours'):
         ours = model._fully_connected(net, outputs, kernel, padding, 'outputs', scope='fc',
-                                      activation_fn=None)
+                                      frozen=frozen, activation_fn=None)
     with tf.variable_scope('ref'):
         reference = slim.conv2d(net, outputs, [kernel, kernel], padding=padding, scope='fc',
                                 activation_fn=None)
@@ -81,9 +89,9 @@ def test_fully_connected_layers_compute_what_slims_convolution_does(outputs, ker
     # Forward and gradients, for the loss of a random projection of the output.
     projection = tf.constant(np.random.RandomState(0).normal(size=reference.shape.as_list()),
                              tf.float32)
-    gradients = {side: tf.gradients(tf.reduce_sum(out * projection),
-                                    [net, variables[side + '/fc/weights']])
-                 for side, out in (('ours', ours), ('ref', reference))}
+    gradients = {side: tf.gradients(tf.reduce_sum(out * projection), [net] + (
+        [] if frozen else [variables[side + '/fc/weights']]))  # frozen: no weights' gradient
+        for side, out in (('ours', ours), ('ref', reference))}
     assert variables['ours/fc/weights'].shape.as_list() == [kernel, kernel, 512, outputs]
     with tf.Session() as session:
         session.run(tf.global_variables_initializer())
@@ -111,6 +119,19 @@ def test_small_inputs_give_one_logit_row_per_image(size):
     logits, _ = model.vgg_19(tf.zeros([3, size, size, 3]), num_classes=4,
                              fc_conv_padding=padding, global_pool=global_pool)
     assert logits.shape.as_list() == [3, 4]
+
+
+@pytest.mark.parametrize('is_training, frozen, windows', [
+    (True, (), True),  # fc6 trains: its gradient through all 7x7 windows
+    (True, ('fc6',), False),  # frozen below the trained layers (the feature cache's build)
+    (False, (), False),  # validation, evaluation, inference
+])
+def test_fc6_multiplies_only_the_taps_on_a_small_map_where_its_weights_take_no_gradient(
+        is_training, frozen, windows):
+    model.vgg_19(tf.zeros([1, 128, 128, 3]), num_classes=4, is_training=is_training,
+                 fc_conv_padding='SAME', global_pool=True, frozen=frozen)
+    ops = {op.type for op in tf.get_default_graph().get_operations()}
+    assert ('ExtractImagePatches' in ops) == windows
 
 
 def test_weight_decay_is_in_the_regularization_loss():

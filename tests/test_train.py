@@ -587,6 +587,17 @@ def test_total_loss_holds_the_weight_decay_of_what_trains_and_nothing_frozen(tin
     assert whole['total_loss'] - whole['loss'] == pytest.approx(sum(decay.values()), rel=1e-4)
 
 
+@pytest.mark.parametrize('trained, windows', [
+    (['vgg_19/fc8'], False), (['vgg_19/fc7', 'vgg_19/fc8'], False),
+    (['vgg_19/fc6', 'vgg_19/fc7', 'vgg_19/fc8'], True), (['vgg_19'], True), (None, True)])
+def test_a_tower_takes_fc6_through_all_its_windows_only_where_a_stage_trains_it(trained, windows):
+    settings = {'class_ids': ['a', 'b', 'c'], 'fc_conv_padding': 'SAME', 'global_pool': True}
+    train.tower_loss(tf.zeros([1, 128, 128, 3]), tf.constant([0]), settings,
+                     trained_scopes=trained)
+    ops = {op.type for op in tf.get_default_graph().get_operations()}
+    assert ('ExtractImagePatches' in ops) == windows
+
+
 def _checkpoint_steps(directory):
     return sorted(int(n.split('-')[1].split('.')[0]) for n in os.listdir(directory)
                   if n.startswith('model.ckpt-') and n.endswith('.index'))

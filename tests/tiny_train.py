@@ -23,7 +23,7 @@ import train  # noqa: E402
 
 def tiny_vgg_19(inputs, num_classes=1000, is_training=True, dropout_keep_prob=0.5,
                 spatial_squeeze=True, reuse=None, scope='vgg_19', fc_conv_padding='VALID',
-                global_pool=False, start=None):
+                global_pool=False, start=None, frozen=()):
     """model.vgg_19's signature and scope names, two small layers under the caller's arg_scope
     (no end points to start from: runs of it use no feature cache)."""
     assert start is None, 'tiny_vgg_19 has no end point %s' % start
