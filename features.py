@@ -25,7 +25,8 @@ boundary), the number of views, and each training file's path, size, modificatio
 label. Runs that differ in anything else (learning rate, epochs, optimizer, label smoothing,
 checkpoint directory) reuse it. It is written in shards of TFRecords, each renamed into place
 whole and then listed in index.json with its record count, so a killed build resumes at the first
-missing shard and a shard cut short is built again. Each record carries its CRC-32C, which
+missing shard and a shard cut short is built again; runs that build one cache at once each write
+parts of their own and list each other's shards. Each record carries its CRC-32C, which
 tf.data checks as it reads: a record whose bytes changed on disk is never trained on. The run
 stops there in one line, the corrupted shards removed, and the next run builds them again. So a
 start checks the shards' sizes alone, whatever the cache weighs.
@@ -40,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 
@@ -182,15 +184,27 @@ def write_weights(session, saver, prefix):
     of its own, then the data goes into place, then the index. Parts left by a writer that was
     killed are removed."""
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
-    for left in tf.io.gfile.glob(prefix + '.part*'):
-        pid = left[len(prefix + '.part'):].split('.')[0]
-        if pid.isdigit() and not _running(int(pid)):
-            with contextlib.suppress(OSError):
-                os.remove(left)
-    part = '%s.part%d' % (prefix, os.getpid())
+    remove_dead_parts(prefix + '.part*')
+    part = _part(prefix)
     saver.save(session, part, write_meta_graph=False, write_state=False)
     os.replace(part + WEIGHTS_DATA, prefix + WEIGHTS_DATA)
     os.replace(part + '.index', prefix + '.index')
+
+
+def _part(path):
+    """Where this process writes `path` before renaming it into place: a name of its own, so
+    that runs building the same cache at once never write into one file."""
+    return '%s.part%d' % (path, os.getpid())
+
+
+def remove_dead_parts(pattern):
+    """Remove the files matching `pattern` that `_part` named for a process no longer running
+    (a writer that was killed)."""
+    for left in tf.io.gfile.glob(pattern):
+        pid = re.search(r'\.part(\d+)', left)
+        if pid and not _running(int(pid.group(1))):
+            with contextlib.suppress(OSError):
+                os.remove(left)
 
 
 def _running(pid):
@@ -225,11 +239,21 @@ def read_index(directory):
         return None
 
 
+def _list_shard(directory, key, name, records):
+    """Add shard `name` to the index of `directory`, read again first: another run building the
+    same cache at once may have listed shards of its own since."""
+    index = read_index(directory)
+    if not index or index.get('key') != key:
+        index = {'key': key, 'shards': {}}
+    index['shards'][name] = {'records': records}
+    _write_index(directory, index)
+
+
 def _write_index(directory, index):
     path = os.path.join(directory, INDEX_FILE)
-    with open(path + '.tmp', 'w') as f:
+    with open(_part(path), 'w') as f:
         json.dump(index, f, indent=1, sort_keys=True)
-    os.replace(path + '.tmp', path)
+    os.replace(_part(path), path)
 
 
 def payload_bytes(shape, dtype):
@@ -313,9 +337,7 @@ def build(directory, key, split, views, run_shard):
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         raise _unwritable(directory, e)
-    index = read_index(directory)
-    if not index or index.get('key') != key:
-        index = {'key': key, 'shards': {}}
+    remove_dead_parts(os.path.join(directory, '*.part*'))
     total = len(todo)
     done_images, read, started = 0, 0, time.time()
     log.info('feature cache: building %d of %d shards (%d view%s of %d images) in %s', total,
@@ -328,15 +350,14 @@ def build(directory, key, split, views, run_shard):
         stored = features.reshape(len(labels), int(np.prod(shape))).astype(stored_as)
         path = os.path.join(directory, shard_name(v, s))
         try:  # whole or not at all: the index lists a shard only once it is in place
-            with tf.io.TFRecordWriter(path + '.tmp') as writer:
+            with tf.io.TFRecordWriter(_part(path)) as writer:
                 for head, record in zip(heads, stored):
                     writer.write(head.tobytes() + record.tobytes())
-            os.replace(path + '.tmp', path)
-            index['shards'][shard_name(v, s)] = {'records': len(labels)}
-            _write_index(directory, index)
+            os.replace(_part(path), path)
+            _list_shard(directory, key, shard_name(v, s), len(labels))
         except (OSError, tf.errors.OpError) as e:  # TensorFlow's writer raises its own errors
             with contextlib.suppress(OSError):
-                os.remove(path + '.tmp')
+                os.remove(_part(path))
             raise _unwritable(directory, e)
         done_images, read = done_images + len(labels), read + len(split.paths[chunk])
         rate = read / max(time.time() - started, 1e-9)

@@ -193,7 +193,7 @@ def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_agai
         features.build(directory, key, split, views, killed_at_the_fourth)
     left = features.missing_shards(directory, key, views, 10)
     assert left == [(1, 0), (1, 1), (1, 2)]
-    assert not [f for f in os.listdir(directory) if f.endswith('.tmp')]
+    assert not [f for f in os.listdir(directory) if '.part' in f]
     assert features.build(directory, key, split, views, run_shard) == 4 + 4 + 2
     assert features.missing_shards(directory, key, views, 10) == []
     # A shard cut short, and one missing: only those two are built again.
@@ -225,6 +225,56 @@ def test_a_killed_build_resumes_and_a_shard_cut_short_or_corrupted_is_built_agai
     assert features.drop_corrupted(directory) == []
     # An index of another key describes other features: everything is built again.
     assert len(features.missing_shards(directory, dict(key, boundary='pool5'), views, 10)) == 6
+
+
+def test_runs_building_one_cache_at_once_write_files_of_their_own_and_list_each_others(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(features, 'SHARD_IMAGES', 4)
+    split, directory = _split(10), str(tmp_path)
+    key = {'shape': [1, 1, 2], 'dtype': 'float32', 'boundary': 'fc7'}
+    run_shard, calls = _fake_prefix(split)
+    dead = subprocess.Popen([sys.executable, '-c', ''])
+    dead.wait()
+    for name in (features.shard_name(0, 2), features.INDEX_FILE):  # what a killed run left
+        open(os.path.join(directory, '%s.part%d' % (name, dead.pid)), 'wb').close()
+    writer, listed = tf.io.TFRecordWriter, []
+
+    class Interleaved:  # another run (another pid) builds the whole cache while this one writes
+        def __init__(self, path):
+            self._writer = writer(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._writer.close()
+
+        def write(self, record):
+            self._writer.write(record)
+            if not calls[1:]:
+                with monkeypatch.context() as other:
+                    other.setattr(os, 'getpid', os.getppid)
+                    assert features.build(directory, key, split, 1, run_shard) == 10
+
+    def this_run(view, paths, labels):  # what the index lists as each shard is computed
+        listed.append(sorted(features.read_index(directory)['shards']) if calls else [])
+        return run_shard(view, paths, labels)
+    monkeypatch.setattr(tf.io, 'TFRecordWriter', Interleaved)
+    assert features.build(directory, key, split, 1, this_run) == 10
+    shards = [features.shard_name(0, s) for s in range(3)]
+    assert listed == [[], shards, shards]  # the other run's shards stay listed
+    assert sorted(os.listdir(directory)) == [features.INDEX_FILE] + shards  # no part left
+    assert features.missing_shards(directory, key, 1, 10) == []
+    assert features.drop_corrupted(directory) == []
+    with tf.Graph().as_default():
+        files = tf.placeholder(tf.string, [None])
+        iterator = tf.data.make_initializable_iterator(
+            features.in_order(files, [1, 1, 2], 'float32', 10))
+        with tf.Session() as session:
+            session.run(iterator.initializer, {files: [os.path.join(directory, name)
+                                                       for name in shards]})
+            stored, _ = session.run(iterator.get_next())
+    assert stored.reshape(10, 2).tolist() == [[0, i] for i in range(10)]
 
 
 @pytest.mark.parametrize('dtype, size', [('float32', 4), ('bfloat16', 2), ('float16', 2)])
