@@ -487,30 +487,32 @@ def random_vgg19(path, seed=0):
     return model.write_checkpoint(weights, path)
 
 
+def run_script(name, *args):
+    """The stdout of this project's script `name` run with `args` in a process of its own; a
+    RuntimeError with the end of its stderr where it fails."""
+    result = subprocess.run([sys.executable, os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), name)] + list(args),
+        capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError('the cache part\'s %s failed: %s' % (name, result.stderr[-1000:]))
+    return result.stdout
+
+
 def timed_train(root, pretrained, out, cache_dir, args, precision, *flags):
     """(seconds, validation accuracy) of one whole train.py command."""
-    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                            'train.py'), '--dataset', root, '--pretrained',
-               pretrained, '--checkpoint-dir', out, '--cache-dir', cache_dir, '--image-size',
-               str(args.cache_image_size), '--epochs', str(args.cache_epochs), '--precision',
-               precision] + CACHE_FLAGS + list(flags)
     os.sync()  # what the side before wrote reaches the disk before this one starts, not during
     started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError('the cache part\'s train.py failed: %s' % result.stderr[-1000:])
+    run_script('train.py', '--dataset', root, '--pretrained', pretrained, '--checkpoint-dir', out,
+               '--cache-dir', cache_dir, '--image-size', str(args.cache_image_size), '--epochs',
+               str(args.cache_epochs), '--precision', precision, *CACHE_FLAGS, *flags)
     return time.time() - started, rundir.load_best(out)['accuracy']
 
 
 def held_out_accuracy(out, root, precision):
     """evaluate.py's top-1 accuracy of the run in `out` on the training split of `root`."""
-    result = subprocess.run(
-        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'evaluate.py'),
-         '--checkpoint-dir', out, '--dataset', root, '--split', 'train', '--precision', precision,
-         '--json', '--output-dir', os.path.join(out, 'held-out')], capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError('the cache part\'s evaluate.py failed: %s' % result.stderr[-1000:])
-    return json.loads(result.stdout)['top1']
+    return json.loads(run_script(
+        'evaluate.py', '--checkpoint-dir', out, '--dataset', root, '--split', 'train',
+        '--precision', precision, '--json', '--output-dir', os.path.join(out, 'held-out')))['top1']
 
 
 def keras_frozen_fit(connection, root, args, precision):

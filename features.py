@@ -251,9 +251,10 @@ def _list_shard(directory, key, name, records):
 
 def _write_index(directory, index):
     path = os.path.join(directory, INDEX_FILE)
-    with open(_part(path), 'w') as f:
+    part = _part(path)
+    with open(part, 'w') as f:
         json.dump(index, f, indent=1, sort_keys=True)
-    os.replace(_part(path), path)
+    os.replace(part, path)
 
 
 def payload_bytes(shape, dtype):
@@ -349,15 +350,16 @@ def build(directory, key, split, views, run_shard):
         heads = np.asarray(labels, '<i4')
         stored = features.reshape(len(labels), int(np.prod(shape))).astype(stored_as)
         path = os.path.join(directory, shard_name(v, s))
+        part = _part(path)
         try:  # whole or not at all: the index lists a shard only once it is in place
-            with tf.io.TFRecordWriter(_part(path)) as writer:
+            with tf.io.TFRecordWriter(part) as writer:
                 for head, record in zip(heads, stored):
                     writer.write(head.tobytes() + record.tobytes())
-            os.replace(_part(path), path)
+            os.replace(part, path)
             _list_shard(directory, key, shard_name(v, s), len(labels))
         except (OSError, tf.errors.OpError) as e:  # TensorFlow's writer raises its own errors
             with contextlib.suppress(OSError):
-                os.remove(_part(path))
+                os.remove(part)
             raise _unwritable(directory, e)
         done_images, read = done_images + len(labels), read + len(split.paths[chunk])
         rate = read / max(time.time() - started, 1e-9)
