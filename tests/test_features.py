@@ -565,8 +565,11 @@ def test_validation_from_its_stored_features_predicts_what_it_does_from_the_imag
     assert len(got['labels']) == count == 6
     np.testing.assert_array_equal(got['labels'], expected['labels'])
     np.testing.assert_array_equal(got['top'], expected['top'])
-    np.testing.assert_allclose(got['probabilities'], expected['probabilities'], rtol=1e-5,
-                               atol=1e-6)
+    # Batches of 8 (the build) and 5 (evaluation) take oneDNN kernels that sum in other orders:
+    # float32 through 19 layers differs by up to about 2e-5 (once 1.7e-5 of a probability 0.27);
+    # another view or preprocessing differs by 1e-2 and more.
+    np.testing.assert_allclose(got['probabilities'], expected['probabilities'], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_a_shard_whose_images_all_failed_is_complete_and_an_unwritable_cache_is_one_line(
