@@ -4,9 +4,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow.compat.v1 as tf
 
 import bench
+import data
+import demo
+import model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,6 +26,24 @@ def test_paired_reports_the_median_of_neighbouring_ratios():
 def test_a_training_step_is_three_forwards_of_19_6_g_multiply_adds():
     assert bench.train_gflop_per_image(224) == pytest.approx(117.6)
     assert bench.train_gflop_per_image(112) == pytest.approx(117.6 / 4)
+
+
+def test_the_cache_parts_random_base_passes_its_photos_on_at_unit_scale(tmp_path):
+    # He initialisation keeps the mean square of a ReLU layer's output at its input's (halved
+    # and doubled): what the first layer makes of the pixels, every layer above passes on.
+    demo.make_dataset(str(tmp_path), 2, photos=bench.CACHE_PHOTOS)
+    paths = [os.path.join(root, name) for root, _, names in os.walk(str(tmp_path))
+             for name in names]
+    kernel = model.vgg19_shapes(1000)['vgg_19/conv1/conv1_1']
+    weights = np.random.default_rng(0).normal(0, bench.he_std('vgg_19/conv1/conv1_1', kernel),
+                                              kernel).astype(np.float32)
+    with tf.Graph().as_default():
+        images = tf.stack([data.preprocess_for_eval(data.decode_image(tf.io.read_file(path)),
+                                                    128) for path in paths])
+        out = tf.nn.relu(tf.nn.conv2d(images, weights, 1, 'SAME'))
+        with tf.Session() as session:
+            mean_square = np.mean(session.run(out) ** 2)
+    assert len(paths) == 24 and 0.5 < mean_square < 2
 
 
 @pytest.mark.slow
