@@ -134,7 +134,8 @@ def parse_args(argv=None):
                         'the run reads at least --cache-views epochs (see features.py)')
     g.add_argument('--cache-views', type=int, default=2,
                    help='augmented views of each training image in the feature cache, each '
-                        'a forward pass over them: more come closer to the uncached accuracy')
+                        'a forward pass over them; as many as the epochs give each epoch new '
+                        'crops, as without the cache')
     g.add_argument('--cache-dir', default='',
                    help='where feature caches live (default: feature-cache beside '
                         '--checkpoint-dir); delete it to free the disk')
